@@ -1,0 +1,194 @@
+"""The galaxy-catalog FITS file: one file holds a catalog table and its images.
+
+Layout (documented in the README):
+
+- HDU ``CATALOG``: binary table, one row per galaxy. ``objid`` (int64 or string) is required;
+  ``ra``/``dec`` (deg) and ``label`` (int16, -1 = unknown) are optional; any other column is carried
+  through untouched. Header ``CLASSES`` names the classes, comma-separated, index = label.
+- HDU ``IMAGES``: uint8 cube (N, 3, H, W), rows aligned with ``CATALOG``; header ``BANDS``,
+  ``PIXSCALE`` (arcsec/pixel) and ``SOURCE``.
+
+Reading is lazy: the image cube is a memory map, so opening a 10 GB file reads only its headers.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from galbench.errors import GalbenchError
+from galbench.fileio import atomic_path
+
+UNKNOWN_LABEL = -1
+
+
+@dataclass
+class Catalog:
+    """A catalog table, its class names and (optionally) its image cube."""
+
+    table: Table
+    classes: list[str]
+    images: np.ndarray | None = None
+    bands: str = "i,r,g"
+    pixscale: float | None = None
+    source: str = ""
+    path: Path | None = field(default=None, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels as int64 (-1 where unknown or where the catalog has no label column)."""
+        if "label" not in self.table.colnames:
+            return np.full(len(self.table), UNKNOWN_LABEL, dtype=np.int64)
+        return np.asarray(self.table["label"], dtype=np.int64)
+
+    def class_counts(self) -> dict[str, int]:
+        """Number of galaxies per class name, plus 'unknown' where labels are -1."""
+        labels = self.labels
+        counts = {name: int((labels == index).sum()) for index, name in enumerate(self.classes)}
+        unknown = int((labels == UNKNOWN_LABEL).sum())
+        if unknown:
+            counts["unknown"] = unknown
+        return counts
+
+
+def _fail(path: Path | str, hdu: str | None, what: str, fix: str | None = None) -> GalbenchError:
+    where = f"{path}[{hdu}]" if hdu else str(path)
+    return GalbenchError(what, where=where, fix=fix)
+
+
+def validate(catalog: Catalog, path: Path | str = "<catalog>") -> None:
+    """Check a catalog's invariants; raise GalbenchError naming the file, the HDU and the problem."""
+    table = catalog.table
+    if "objid" not in table.colnames:
+        raise _fail(path, "CATALOG", "missing column 'objid'", "every row needs an object id")
+    if not catalog.classes or any(not name or "," in name for name in catalog.classes):
+        raise _fail(path, "CATALOG", f"bad CLASSES header {catalog.classes!r}",
+                    "CLASSES must be comma-separated, non-empty class names")
+    for column in ("ra", "dec"):
+        if column in table.colnames:
+            values = np.asarray(table[column], dtype=float)
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                raise _fail(path, "CATALOG", f"column '{column}' has {bad.size} NaN or infinite values "
+                            f"(first at row {bad[0]}, objid {table['objid'][bad[0]]})")
+    if "label" in table.colnames:
+        labels = np.asarray(table["label"])
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise _fail(path, "CATALOG", f"column 'label' has dtype {labels.dtype.name}, expected an integer type")
+        bad = np.flatnonzero((labels < UNKNOWN_LABEL) | (labels >= len(catalog.classes)))
+        if bad.size:
+            raise _fail(path, "CATALOG", f"label {labels[bad[0]]} at row {bad[0]} is outside the "
+                        f"{len(catalog.classes)} classes {catalog.classes} ({bad.size} rows bad)",
+                        "labels run from 0 to len(CLASSES)-1, or -1 for unknown")
+    images = catalog.images
+    if images is not None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise _fail(path, "IMAGES", f"image cube has shape {images.shape}, expected (N, 3, H, W)")
+        if images.dtype != np.uint8:
+            raise _fail(path, "IMAGES", f"image cube has dtype {images.dtype}, expected uint8")
+        if images.shape[0] != len(table):
+            raise _fail(path, "IMAGES", f"{images.shape[0]} images but {len(table)} catalog rows",
+                        "IMAGES and CATALOG rows must be aligned one to one")
+
+
+def read_catalog(path: str | os.PathLike, require_images: bool = True) -> Catalog:
+    """Open a catalog FITS file lazily (images memory-mapped) and validate it."""
+    path = Path(path)
+    if not path.exists():
+        raise GalbenchError("file not found", where=str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # astropy's truncation warning; the checks below say it in one line
+        try:
+            hdul = fits.open(path, memmap=True, lazy_load_hdus=True)
+            names = [hdu.name for hdu in hdul]
+        except (OSError, ValueError) as exc:
+            raise _fail(path, None, f"not a readable FITS file ({exc})") from None
+    if "CATALOG" not in names:
+        raise _fail(path, None, f"no CATALOG HDU (found {names})",
+                    "write catalogs with galbench data synth/import or galbench.catalog.write_catalog")
+    cat_hdu = hdul["CATALOG"]
+    if not isinstance(cat_hdu, fits.BinTableHDU):
+        raise _fail(path, "CATALOG", "is not a binary table")
+    try:
+        table = Table(cat_hdu.data, copy=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise _fail(path, "CATALOG", f"table cannot be read ({exc})") from None
+    for column in table.colnames:  # FITS is big-endian and bytes-typed; hand out native numbers and str
+        dtype = table[column].dtype
+        if dtype.kind == "S":
+            table[column] = table[column].astype(str)
+        elif dtype.kind in "iuf" and not dtype.isnative:
+            table[column] = table[column].astype(dtype.newbyteorder("="))
+    header = cat_hdu.header
+    classes_text = header.get("CLASSES", "")
+    classes = [name.strip() for name in str(classes_text).split(",")] if classes_text else []
+    if not classes:
+        raise _fail(path, "CATALOG", "header has no CLASSES key", "add CLASSES = 'name0,name1,...'")
+    images = None
+    bands, pixscale, source = "i,r,g", None, ""
+    if "IMAGES" in names:
+        img_hdu = hdul["IMAGES"]
+        if not isinstance(img_hdu, fits.ImageHDU):
+            raise _fail(path, "IMAGES", "is not an image HDU")
+        bitpix = img_hdu.header.get("BITPIX")
+        if bitpix != 8 or "BZERO" in img_hdu.header or "BSCALE" in img_hdu.header:
+            raise _fail(path, "IMAGES", f"BITPIX={bitpix}, expected 8 (unscaled uint8 images)")
+        data_end = img_hdu.fileinfo()["datLoc"] + int(np.prod(img_hdu.shape or (0,)))
+        if data_end > path.stat().st_size:
+            raise _fail(path, "IMAGES", f"file ends at byte {path.stat().st_size} but the images need "
+                        f"{data_end} bytes (truncated file?)")
+        try:
+            images = img_hdu.data
+        except (OSError, ValueError, TypeError) as exc:
+            raise _fail(path, "IMAGES", f"image data cannot be read ({exc})") from None
+        if images is None:
+            raise _fail(path, "IMAGES", "HDU holds no data")
+        bands = str(img_hdu.header.get("BANDS", bands))
+        pixscale = img_hdu.header.get("PIXSCALE")
+        source = str(img_hdu.header.get("SOURCE", ""))
+    elif require_images:
+        raise _fail(path, None, f"no IMAGES HDU (found {names})",
+                    "this command needs the images; only catalogs with an IMAGES HDU can be used")
+    catalog = Catalog(table=table, classes=classes, images=images, bands=bands,
+                      pixscale=float(pixscale) if pixscale is not None else None, source=source, path=path)
+    validate(catalog, path)
+    return catalog
+
+
+def write_catalog(path: str | os.PathLike, catalog: Catalog, include_images: bool = True) -> Path:
+    """Validate and write a catalog FITS file atomically (temporary file, then rename)."""
+    path = Path(path)
+    validate(catalog, path)
+    table = catalog.table.copy(copy_data=False)
+    if "label" in table.colnames:
+        table["label"] = np.asarray(table["label"], dtype=np.int16)
+    with warnings.catch_warnings():
+        # astropy warns about long column names and keywords it folds; neither matters here
+        warnings.simplefilter("ignore")
+        cat_hdu = fits.BinTableHDU(table, name="CATALOG")
+    cat_hdu.header["CLASSES"] = ",".join(catalog.classes)
+    hdus = [fits.PrimaryHDU(), cat_hdu]
+    if include_images and catalog.images is not None:
+        img_hdu = fits.ImageHDU(np.ascontiguousarray(catalog.images), name="IMAGES")
+        img_hdu.header["BANDS"] = catalog.bands
+        if catalog.pixscale is not None:
+            img_hdu.header["PIXSCALE"] = (float(catalog.pixscale), "arcsec/pixel")
+        img_hdu.header["SOURCE"] = catalog.source
+        hdus.append(img_hdu)
+    with atomic_path(path) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    return path
+
+
+def labelled_subset(catalog: Catalog) -> np.ndarray:
+    """Row indices whose label is known."""
+    return np.flatnonzero(catalog.labels >= 0)

@@ -1,0 +1,184 @@
+"""The `galbench` command: parses arguments, calls one library function, maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from galbench import __version__
+from galbench.console import err, out, progress_bar
+from galbench.errors import GalbenchError
+
+EXIT_BAD_INPUT = 2
+
+EPILOG = """\
+typical session:
+  galbench data synth sim.fits --n 2000 --size 64      simulate SDSS-like galaxies (offline)
+  galbench data info sim.fits                           what is in a catalog file
+  galbench data montage sim.fits sim.png                look at examples of every class
+  galbench run suites/quickstart.toml                   train scratch vs pretrained arms over seeds
+  galbench report reports/quickstart/<run-id>           tables, plots and significance tests
+
+Every command takes --help. Bad input gets one line on stderr and exit code 2."""
+
+
+def _cmd_data_synth(args) -> None:
+    from galbench.catalog import write_catalog
+    from galbench.synth import SynthParams, synthesize
+
+    params = SynthParams(n=args.n, size=args.size, seed=args.seed, classes=args.classes,
+                         star_probability=args.star_probability)
+    params.check()
+    with progress_bar("simulating galaxies", params.n, unit="galaxies") as advance:
+        catalog = synthesize(params, workers=args.workers, progress=advance)
+    write_catalog(args.out, catalog)
+    err.print(f"wrote {len(catalog)} galaxies to {args.out}")
+
+
+def _cmd_data_info(args) -> None:
+    from galbench.catalog import read_catalog
+    from galbench.report import catalog_info_table
+
+    out.print(catalog_info_table(read_catalog(args.file, require_images=False)))
+
+
+def _cmd_data_montage(args) -> None:
+    from galbench.catalog import read_catalog
+    from galbench.plots import montage, save_png
+
+    catalog = read_catalog(args.file)
+    save_png(montage(catalog, per_class=args.per_class, seed=args.seed), args.out)
+    err.print(f"wrote {args.out}")
+
+
+def _cmd_data_import(args) -> None:
+    from galbench import importers
+    from galbench.catalog import write_catalog
+
+    source = Path(args.source)
+    crop = _parse_crop(args.crop)
+    if source.suffix.lower() in (".h5", ".hdf5"):
+        catalog, report = importers.import_galaxy10(source, crop=crop, size=args.size)
+    elif not source.is_dir():
+        raise GalbenchError("not a folder or an HDF5 file", where=str(source))
+    elif args.map:
+        class_map = importers.parse_class_map(args.map)
+        total = _count_csv_rows(Path(args.labels) if args.labels else source / "labels.csv")
+        with progress_bar("decoding images", total, unit="images") as advance:
+            catalog, report = importers.import_folder_csv(
+                source, args.labels, args.class_column, class_map, id_column=args.id_column, crop=crop,
+                size=args.size, strict=args.strict, progress=advance, workers=args.workers)
+    else:
+        catalog, report = importers.import_class_folders(source, crop=crop, size=args.size, strict=args.strict,
+                                                         workers=args.workers)
+    write_catalog(args.out, catalog)
+    err.print(f"wrote {report.kept} galaxies to {args.out}; dropped {report.unmapped} rows with unmapped "
+              f"labels and {len(report.bad_images)} bad images")
+    for name, reason in report.bad_images[:20]:
+        err.print(f"  [yellow]skipped[/] {name}: {reason}")
+
+
+def _count_csv_rows(path: Path) -> int:
+    if not path.exists():
+        raise GalbenchError("labels CSV not found", where=str(path), fix="pass --labels CSV")
+    with open(path) as handle:
+        return max(sum(1 for _ in handle) - 1, 0)
+
+
+def _parse_crop(text: str | None):
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise GalbenchError(f"--crop {text!r} is not a number", fix="a fraction of the side (0.5) or pixels (212)") from None
+    if value <= 0:
+        raise GalbenchError("--crop must be positive")
+    return value if value <= 1 else int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (every sub-command with its help)."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="galbench", formatter_class=formatter, epilog=EPILOG,
+        description="Benchmark galaxy-morphology classifiers: does pretraining pay off, in accuracy and compute?")
+    parser.add_argument("--version", action="version", version=f"galbench {__version__}")
+    parser.set_defaults(handler=lambda args: parser.print_help())
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    data = commands.add_parser("data", help="make, import and inspect galaxy-catalog FITS files",
+                               description="Galaxy-catalog FITS files: simulate, import, inspect.")
+    data.set_defaults(handler=lambda args: data.print_help())
+    data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+
+    synth = data_commands.add_parser(
+        "synth", help="simulate SDSS-like galaxies with GalSim", formatter_class=formatter,
+        description="Simulate SDSS-like galaxy cutouts (GalSim profiles, seeing, sky noise, Lupton colour).\n"
+                    "The same arguments give a byte-identical file.",
+        epilog="example:\n  galbench data synth sim.fits --n 2000 --size 64 --classes elliptical,spiral:2,edge-on")
+    synth.add_argument("out", type=Path, help="output catalog FITS file")
+    synth.add_argument("--n", type=int, default=2000, help="number of galaxies (default 2000)")
+    synth.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--classes", default="elliptical,spiral,edge-on",
+                       help="class names with optional weights, NAME[:WEIGHT],... from elliptical, lenticular, "
+                            "spiral, edge-on, irregular (default elliptical,spiral,edge-on, equal mix)")
+    synth.add_argument("--star-probability", type=float, default=0.3,
+                       help="chance that neighbouring stars share the cutout (default 0.3)")
+    synth.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    synth.set_defaults(handler=_cmd_data_synth)
+
+    info = data_commands.add_parser("info", help="HDUs, class counts, image shape and bands of a catalog file")
+    info.add_argument("file", type=Path)
+    info.set_defaults(handler=_cmd_data_info)
+
+    montage = data_commands.add_parser("montage", help="a PNG grid of example images per class")
+    montage.add_argument("file", type=Path)
+    montage.add_argument("out", type=Path, help="output PNG")
+    montage.add_argument("--per-class", type=int, default=8, help="images per class (default 8)")
+    montage.add_argument("--seed", type=int, default=0, help="which examples to pick (default 0)")
+    montage.set_defaults(handler=_cmd_data_montage)
+
+    imp = data_commands.add_parser(
+        "import", help="import real images into a catalog FITS file", formatter_class=formatter,
+        description="Import images: a folder with a labels CSV (objid + class column; images in FOLDER or "
+                    "FOLDER/images named <objid>.jpeg/.png/.fits), a folder with one sub-folder per class, or a "
+                    "Galaxy10 HDF5 file.",
+        epilog="example (the Galaxy Zoo 1 sample, 3 classes, 64 px from the central half):\n"
+               "  galbench data import ../shared/data/gz1-sdss gz1.fits --class-column gz1_class \\\n"
+               "      --map elliptical=0 --map spiral=1,2 --map edge-on=3 --crop 0.5 --size 64")
+    imp.add_argument("source", help="folder, or Galaxy10 .h5 file")
+    imp.add_argument("out", type=Path, help="output catalog FITS file")
+    imp.add_argument("--labels", help="labels CSV (default SOURCE/labels.csv)")
+    imp.add_argument("--id-column", default="objid", help="CSV column naming each image (default objid)")
+    imp.add_argument("--class-column", default="label", help="CSV column with the source label (default label)")
+    imp.add_argument("--map", action="append", metavar="NAME=SRC[,SRC]",
+                     help="class NAME from source labels SRC; repeat per class, in label order; rows with "
+                          "unmapped labels are dropped and counted")
+    imp.add_argument("--crop", help="centre crop: fraction of the side (0.5) or pixels (212)")
+    imp.add_argument("--size", type=int, help="resize to SIZE x SIZE pixels after cropping")
+    imp.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
+    imp.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
+    imp.set_defaults(handler=_cmd_data_import)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `galbench` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except GalbenchError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]; run the same command again to resume")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Bring real images in: a folder plus a labels CSV, a folder per class, or a Galaxy10 HDF5 file."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+from PIL import Image, UnidentifiedImageError
+
+from galbench.catalog import Catalog
+from galbench.errors import GalbenchError
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".fits", ".fit")
+GALAXY10_CLASSES = [
+    "disturbed", "merging", "round-smooth", "in-between-round-smooth", "cigar-round-smooth",
+    "barred-spiral", "unbarred-tight-spiral", "unbarred-loose-spiral", "edge-on-no-bulge", "edge-on-with-bulge",
+]
+
+
+@dataclass
+class ImportReport:
+    """What an import kept and what it dropped, with reasons."""
+
+    kept: int = 0
+    unmapped: int = 0
+    bad_images: list[tuple[str, str]] = field(default_factory=list)
+
+
+def parse_class_map(entries: list[str]) -> dict[str, list[str]]:
+    """Parse `--map NAME=SRC[,SRC...]` entries into {class name: [source labels]}, order kept."""
+    mapping: dict[str, list[str]] = {}
+    for entry in entries:
+        name, sep, sources = entry.partition("=")
+        if not sep or not name.strip() or not sources.strip():
+            raise GalbenchError(f"bad --map entry {entry!r}", fix="write NAME=LABEL[,LABEL...], e.g. spiral=1,2")
+        mapping[name.strip()] = [s.strip() for s in sources.split(",") if s.strip()]
+    seen: dict[str, str] = {}
+    for name, sources in mapping.items():
+        for source in sources:
+            if source in seen:
+                raise GalbenchError(f"source label {source!r} is mapped to both {seen[source]!r} and {name!r}",
+                                    where="--map")
+            seen[source] = name
+    return mapping
+
+
+def crop_and_resize(image: np.ndarray, crop: float | int | None, size: int | None) -> np.ndarray:
+    """Centre-crop an (H, W, 3) uint8 image (fraction of the side if < 1, else pixels), then resize."""
+    height, width = image.shape[:2]
+    if crop:
+        side_h = int(round(height * crop)) if crop <= 1 else int(crop)
+        side_w = int(round(width * crop)) if crop <= 1 else int(crop)
+        if side_h > height or side_w > width or side_h < 1:
+            raise ValueError(f"crop {crop} does not fit a {height}x{width} image")
+        top, left = (height - side_h) // 2, (width - side_w) // 2
+        image = image[top:top + side_h, left:left + side_w]
+    if size and image.shape[:2] != (size, size):
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
+    return image
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Decode a JPEG, PNG or FITS image into (H, W, 3) uint8; raise ValueError if it is unusable."""
+    if path.suffix.lower() in (".fits", ".fit"):
+        from astropy.io import fits
+
+        with fits.open(path) as hdul:
+            data = next((hdu.data for hdu in hdul if hdu.data is not None), None)
+        if data is None:
+            raise ValueError("FITS file holds no image")
+        data = np.asarray(data)
+        if data.ndim == 3 and data.shape[0] == 3:
+            data = data.transpose(1, 2, 0)
+        if data.ndim == 2:
+            data = np.repeat(data[..., None], 3, axis=2)
+        if data.ndim != 3 or data.shape[2] != 3:
+            raise ValueError(f"FITS image has shape {data.shape}, expected (H, W), (3, H, W) or (H, W, 3)")
+        if data.dtype != np.uint8:
+            if not np.isfinite(data).all():
+                raise ValueError("FITS image has NaN or infinite pixels")
+            low, high = float(data.min()), float(data.max())
+            data = ((data - low) / (high - low or 1.0) * 255).round().astype(np.uint8)
+        return data
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"cannot decode image ({exc})") from None
+
+
+def _decode_all(paths: list[Path], crop, size, strict: bool, report: ImportReport,
+                progress: Callable[[int], None] | None, workers: int | None):
+    """Decode images in parallel threads; return the kept indices and their stacked images."""
+
+    def decode(path: Path):
+        try:
+            return crop_and_resize(load_image(path), crop, size), None
+        except (ValueError, OSError) as exc:
+            return None, str(exc)
+
+    images, kept = [], []
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for index, (image, error) in enumerate(pool.map(decode, paths)):
+            if progress:
+                progress(1)
+            if error is not None:
+                if strict:
+                    raise GalbenchError(error, where=str(paths[index]), fix="fix or remove it, or drop --strict")
+                report.bad_images.append((str(paths[index]), error))
+                continue
+            if images and image.shape != images[0].shape:
+                message = f"image is {image.shape[1]}x{image.shape[0]}, others are {images[0].shape[1]}x{images[0].shape[0]}"
+                if strict:
+                    raise GalbenchError(message, where=str(paths[index]), fix="pass --size to resize all images")
+                report.bad_images.append((str(paths[index]), message))
+                continue
+            images.append(image)
+            kept.append(index)
+    if not images:
+        raise GalbenchError("no image could be imported", fix="check the folder and the --map classes")
+    return np.asarray(kept), np.stack(images).transpose(0, 3, 1, 2).copy()
+
+
+def _find_image(folder: Path, stem: str) -> Path | None:
+    for suffix in IMAGE_SUFFIXES:
+        candidate = folder / f"{stem}{suffix}"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def import_folder_csv(folder: str | os.PathLike, labels_csv: str | os.PathLike | None, class_column: str,
+                      class_map: dict[str, list[str]], id_column: str = "objid", crop=None, size=None,
+                      strict: bool = False, progress=None, workers=None) -> tuple[Catalog, ImportReport]:
+    """Import `folder/<objid>.<ext>` images labelled by a CSV (the gz1-sdss layout)."""
+    folder = Path(folder)
+    csv_path = Path(labels_csv) if labels_csv else folder / "labels.csv"
+    if not csv_path.exists():
+        raise GalbenchError("labels CSV not found", where=str(csv_path), fix="pass --labels CSV")
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        for needed in (id_column, class_column):
+            if needed not in columns:
+                raise GalbenchError(f"missing column {needed!r} (columns: {', '.join(columns)})", where=str(csv_path))
+        rows = list(reader)
+    source_to_label = {src: index for index, sources in enumerate(class_map.values()) for src in sources}
+    report = ImportReport()
+    paths, objids, labels, extra = [], [], [], []
+    image_dir = folder / "images" if (folder / "images").is_dir() else folder
+    for line, row in enumerate(rows, start=2):
+        source_label = row[class_column].strip()
+        if source_label not in source_to_label:
+            report.unmapped += 1
+            continue
+        path = _find_image(image_dir, row[id_column].strip())
+        if path is None:
+            message = "image file not found"
+            if strict:
+                raise GalbenchError(message, where=f"{csv_path}:{line} ({row[id_column]})")
+            report.bad_images.append((f"{image_dir}/{row[id_column]}.*", message))
+            continue
+        paths.append(path)
+        objids.append(row[id_column].strip())
+        labels.append(source_to_label[source_label])
+        extra.append(source_label)
+    kept, images = _decode_all(paths, crop, size, strict, report, progress, workers)
+    table = Table()
+    table["objid"] = _objid_column([objids[k] for k in kept])
+    table["label"] = np.asarray(labels, dtype=np.int16)[kept]
+    table["source_label"] = np.asarray(extra)[kept]
+    report.kept = len(kept)
+    source = f"galbench import {folder.name} ({class_column})"
+    return Catalog(table=table, classes=list(class_map), images=images, bands="i,r,g", source=source), report
+
+
+def import_class_folders(folder: str | os.PathLike, crop=None, size=None, strict=False, progress=None,
+                         workers=None) -> tuple[Catalog, ImportReport]:
+    """Import a folder with one sub-folder per class (the sub-folder's name is the class name)."""
+    folder = Path(folder)
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    if not class_dirs:
+        raise GalbenchError("no class sub-folders found", where=str(folder),
+                            fix="use one sub-folder per class, or pass --labels CSV")
+    paths, labels = [], []
+    for index, class_dir in enumerate(class_dirs):
+        for path in sorted(class_dir.iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(path)
+                labels.append(index)
+    report = ImportReport()
+    kept, images = _decode_all(paths, crop, size, strict, report, progress, workers)
+    table = Table()
+    table["objid"] = _objid_column([paths[k].stem for k in kept])
+    table["label"] = np.asarray(labels, dtype=np.int16)[kept]
+    report.kept = len(kept)
+    return Catalog(table=table, classes=[d.name for d in class_dirs], images=images,
+                   source=f"galbench import {folder.name} (class folders)"), report
+
+
+def import_galaxy10(path: str | os.PathLike, crop=None, size=None) -> tuple[Catalog, ImportReport]:
+    """Import a Galaxy10 HDF5 file (astroNN layout: images (N, H, W, 3) uint8, ans; ra, dec if present)."""
+    try:
+        import h5py
+    except ImportError:
+        raise GalbenchError("reading Galaxy10 needs h5py", fix="pip install 'galbench[hdf5]'") from None
+    path = Path(path)
+    with h5py.File(path, "r") as handle:
+        for key in ("images", "ans"):
+            if key not in handle:
+                raise GalbenchError(f"missing dataset {key!r} (found {list(handle)})", where=str(path))
+        raw = handle["images"]
+        if raw.ndim != 4 or raw.shape[3] != 3 or raw.dtype != np.uint8:
+            raise GalbenchError(f"images are {raw.dtype} {raw.shape}, expected uint8 (N, H, W, 3)", where=str(path))
+        images = np.stack([crop_and_resize(raw[k], crop, size) for k in range(raw.shape[0])])
+        table = Table()
+        table["objid"] = np.arange(raw.shape[0], dtype=np.int64)
+        table["label"] = np.asarray(handle["ans"], dtype=np.int16)
+        for key in ("ra", "dec", "redshift"):
+            if key in handle:
+                table[key] = np.asarray(handle[key], dtype=float)
+    catalog = Catalog(table=table, classes=list(GALAXY10_CLASSES), images=images.transpose(0, 3, 1, 2).copy(),
+                      bands="g,r,z", source=f"galbench import {path.name} (Galaxy10)")
+    return catalog, ImportReport(kept=len(table))
+
+
+def _objid_column(values: list[str]) -> np.ndarray:
+    """objids as int64 where every one is an integer (SDSS objIDs), else as strings."""
+    try:
+        return np.asarray([int(v) for v in values], dtype=np.int64)
+    except ValueError:
+        return np.asarray(values, dtype=str)

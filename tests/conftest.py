@@ -1,0 +1,76 @@
+"""Shared fixtures: small catalogs, the shared real sample, and a CLI runner."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from galbench.catalog import Catalog, write_catalog
+from galbench.cli import main
+
+GZ1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gz1-sdss"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("GALBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "galbench-cache"))
+
+
+@pytest.fixture
+def gz1_dir() -> Path:
+    """The shared Galaxy Zoo 1 sample; tests that need it skip with the reason where it is absent."""
+    if not (GZ1 / "labels.csv").exists():
+        pytest.skip(f"the shared GZ1 sample is not at {GZ1}")
+    return GZ1
+
+
+@pytest.fixture
+def gz1_small(gz1_dir, tmp_path) -> Path:
+    """A copy of 30 real GZ1 images (10 per class 0, 1-2, 3) with their labels CSV."""
+    lines = (gz1_dir / "labels.csv").read_text().splitlines()
+    header, rows = lines[0], [line.split(",") for line in lines[1:]]
+    chosen = []
+    for wanted in (("0",), ("1", "2"), ("3",)):
+        chosen += [r for r in rows if r[1] in wanted][:10]
+    folder = tmp_path / "gz1-small"
+    (folder / "images").mkdir(parents=True)
+    for objid, _ in chosen:
+        shutil.copy(gz1_dir / "images" / f"{objid}.jpeg", folder / "images" / f"{objid}.jpeg")
+    (folder / "labels.csv").write_text("\n".join([header] + [",".join(r) for r in chosen]) + "\n")
+    return folder
+
+
+def make_catalog(n: int = 12, size: int = 32, classes=("a", "b", "c"), seed: int = 0) -> Catalog:
+    """A small random catalog with images, balanced labels and coordinates."""
+    rng = np.random.default_rng(seed)
+    table = Table()
+    table["objid"] = np.arange(n, dtype=np.int64) + 100
+    table["ra"] = rng.uniform(0, 360, n)
+    table["dec"] = rng.uniform(-30, 60, n)
+    table["label"] = (np.arange(n) % len(classes)).astype(np.int16)
+    table["extra"] = rng.normal(size=n)
+    images = rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+    return Catalog(table=table, classes=list(classes), images=images, bands="i,r,g", pixscale=0.396, source="test")
+
+
+@pytest.fixture
+def small_catalog_file(tmp_path) -> Path:
+    path = tmp_path / "small.fits"
+    write_catalog(path, make_catalog())
+    return path
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+
+    def run(*argv):
+        code = main([str(a) for a in argv])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

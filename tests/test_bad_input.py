@@ -1,0 +1,123 @@
+"""Bad input: one clear line naming the file and what is wrong, exit code 2, nothing half-written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from galbench.catalog import write_catalog
+from tests.conftest import make_catalog
+
+
+def _write_raw(path, table_hdu=True, images=None, classes="a,b,c", table=None):
+    hdus = [fits.PrimaryHDU()]
+    if table_hdu:
+        tab = table if table is not None else make_catalog().table
+        hdu = fits.BinTableHDU(tab, name="CATALOG")
+        if classes is not None:
+            hdu.header["CLASSES"] = classes
+        hdus.append(hdu)
+    if images is not None:
+        hdus.append(fits.ImageHDU(images, name="IMAGES"))
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+def _assert_one_line_error(result, *fragments):
+    code, out, err = result
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+GOOD_IMAGES = np.zeros((12, 3, 8, 8), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("case", "fragments"),
+    [
+        ("missing_catalog", ["no CATALOG HDU"]),
+        ("missing_images", ["no IMAGES HDU"]),
+        ("rows_mismatch", ["[IMAGES]", "11 images but 12 catalog rows"]),
+        ("wrong_dtype", ["[IMAGES]", "BITPIX=16"]),
+        ("wrong_rank", ["[IMAGES]", "expected (N, 3, H, W)"]),
+        ("nan_coordinates", ["[CATALOG]", "'ra' has 1 NaN"]),
+        ("label_outside_classes", ["[CATALOG]", "label 7 at row 0 is outside the 3 classes"]),
+        ("no_classes_header", ["[CATALOG]", "no CLASSES"]),
+        ("missing_objid", ["missing column 'objid'"]),
+        ("truncated", ["[IMAGES]", "truncated"]),
+        ("not_fits", ["not a readable FITS file"]),
+    ],
+)
+def test_malformed_catalogs_give_one_line_and_exit_2(cli, tmp_path, case, fragments):
+    path = tmp_path / f"{case}.fits"
+    table = make_catalog().table
+    if case == "missing_catalog":
+        _write_raw(path, table_hdu=False, images=GOOD_IMAGES)
+    elif case == "missing_images":
+        _write_raw(path)
+    elif case == "rows_mismatch":
+        _write_raw(path, images=GOOD_IMAGES[:11])
+    elif case == "wrong_dtype":
+        _write_raw(path, images=GOOD_IMAGES.astype(np.int16))
+    elif case == "wrong_rank":
+        _write_raw(path, images=np.zeros((12, 8, 8), dtype=np.uint8))
+    elif case == "nan_coordinates":
+        table["ra"][3] = np.nan
+        _write_raw(path, images=GOOD_IMAGES, table=table)
+    elif case == "label_outside_classes":
+        table["label"][0] = 7
+        _write_raw(path, images=GOOD_IMAGES, table=table)
+    elif case == "no_classes_header":
+        _write_raw(path, images=GOOD_IMAGES, classes=None)
+    elif case == "missing_objid":
+        table.remove_column("objid")
+        _write_raw(path, images=GOOD_IMAGES, table=table)
+    elif case == "truncated":
+        write_catalog(path, make_catalog(n=40, size=32))
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) - 20000])
+    elif case == "not_fits":
+        path.write_text("this is not FITS\n")
+    _assert_one_line_error(cli("data", "montage", path, tmp_path / "out.png"), str(path), *fragments)
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_writing_an_invalid_catalog_leaves_no_file(tmp_path):
+    catalog = make_catalog()
+    catalog.table["label"][2] = 9
+    target = tmp_path / "never.fits"
+    with pytest.raises(Exception, match="outside"):
+        write_catalog(target, catalog)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "keep.fits"
+    write_catalog(target, make_catalog())
+    before = target.read_bytes()
+
+    def explode(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fits.HDUList, "writeto", explode)
+    with pytest.raises(OSError):
+        write_catalog(target, make_catalog(seed=5))
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.fits"]
+
+
+def test_bad_synth_arguments_exit_2(cli, tmp_path):
+    _assert_one_line_error(cli("data", "synth", tmp_path / "x.fits", "--size", 8), "size must be between")
+    _assert_one_line_error(cli("data", "synth", tmp_path / "x.fits", "--classes", "spiral:-1"), "positive")
+    assert not (tmp_path / "x.fits").exists()
+
+
+def test_table_with_bad_label_dtype_is_rejected(cli, tmp_path):
+    table = Table({"objid": np.arange(12), "label": np.linspace(0, 1, 12)})
+    path = _write_raw(tmp_path / "float_labels.fits", images=GOOD_IMAGES, table=table)
+    _assert_one_line_error(cli("data", "info", path), "'label' has dtype float64")
