@@ -79,6 +79,35 @@ def _cmd_data_import(args) -> None:
         err.print(f"  [yellow]skipped[/] {name}: {reason}")
 
 
+def _cmd_run(args) -> None:
+    from galbench.console import RunDisplay
+    from galbench.report import run_summary_table
+    from galbench.runner import run_suite
+    from galbench.suite import load_suite
+
+    overrides = list(args.set or [])
+    if args.seeds is not None:
+        overrides.append(f"suite.seeds={args.seeds}")
+    suite, base = load_suite(args.suite, overrides)
+    with RunDisplay() as display:
+        out_dir, results = run_suite(suite, base, out=args.out, device_override=args.device, display=display)
+    out.print(run_summary_table(results, suite.suite.thresholds, title=f"{suite.suite.name}: {out_dir}"))
+    err.print(f"results in {out_dir}")
+
+
+def _cmd_models(args) -> None:
+    from rich.table import Table
+
+    from galbench.models import build_model, count_parameters, list_models
+
+    table = Table(title="registered models")
+    for column in ("name", "parameters (3 classes)", "description"):
+        table.add_column(column)
+    for entry in list_models(args.pattern):
+        table.add_row(entry.name, f"{count_parameters(build_model(entry.name, 3)):,}", entry.description)
+    out.print(table)
+
+
 def _count_csv_rows(path: Path) -> int:
     if not path.exists():
         raise GalbenchError("labels CSV not found", where=str(path), fix="pass --labels CSV")
@@ -162,6 +191,27 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     imp.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
     imp.set_defaults(handler=_cmd_data_import)
+
+    run = commands.add_parser(
+        "run", help="train every (variant, seed) run of a suite and account for its cost",
+        formatter_class=formatter,
+        description="Train the variants of a suite over its seeds, recording at each evaluation the epochs, samples,\n"
+                    "FLOPs, device-seconds and energy spent, and when each accuracy threshold was first reached.\n"
+                    "Results go to reports/<suite>/<hash>/ (or --out). Rerunning the same command skips finished\n"
+                    "runs and resumes an interrupted one from its last epoch.",
+        epilog="examples:\n  galbench run suites/quickstart.toml\n"
+               "  galbench run suites/quickstart.toml --seeds 5 --set train.epochs=3 --set variant.scratch.train.lr=0.02")
+    run.add_argument("suite", type=Path, help="suite TOML file")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a suite value (TOML syntax), e.g. train.epochs=3; repeatable")
+    run.add_argument("--seeds", help="seed count (5) or list ([0,3,7]), overriding suite.seeds")
+    run.add_argument("--device", help="auto, cpu, cuda or cuda:N, overriding train.device")
+    run.add_argument("--out", type=Path, help="run directory (default reports/<suite>/<hash>)")
+    run.set_defaults(handler=_cmd_run)
+
+    models = commands.add_parser("models", help="list the registered models")
+    models.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'alexnet*'")
+    models.set_defaults(handler=_cmd_models)
     return parser
 
 

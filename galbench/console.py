@@ -36,3 +36,51 @@ def progress_bar(description: str, total: int, unit: str = "") -> Iterator[Calla
                 progress.update(task, rate=f"{speed:,.0f} {unit}/s" if speed else "")
 
         yield advance
+
+
+class RunDisplay:
+    """Live progress of a suite: overall runs, the current run's epochs, thresholds reached."""
+
+    def __init__(self):
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=err)
+        self.runs_task = None
+        self.run_task = None
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    @contextlib.contextmanager
+    def bar(self, description: str, total: int, unit: str = ""):
+        """A transient sub-bar (data generation, pretraining) inside the live display."""
+        task = self.progress.add_task(description, total=total, note=unit)
+        try:
+            yield lambda n=1: self.progress.advance(task, n)
+        finally:
+            self.progress.remove_task(task)
+
+    def start_runs(self, total: int) -> None:
+        self.runs_task = self.progress.add_task("runs", total=total, note="")
+
+    def start_run(self, variant: str, seed: int, epochs: int) -> None:
+        if self.run_task is not None:
+            self.progress.remove_task(self.run_task)
+        self.run_label = f"{variant} seed {seed}"
+        self.run_task = self.progress.add_task(f"{self.run_label} (epochs)", total=epochs, note="")
+
+    def on_event(self, event: dict) -> None:
+        if event["event"] == "eval":
+            self.progress.update(self.run_task, completed=event["epochs"],
+                                 note=f"val acc {event['val_accuracy']:.3f}")
+        elif event["event"] == "threshold_reached":
+            self.progress.console.print(f"  {self.run_label}: reached {event['threshold']:g} at epoch "
+                                        f"{event['epochs']:.2f}")
+
+    def end_run(self, result: dict) -> None:
+        self.progress.advance(self.runs_task, 1)
+        test = result.get("test_accuracy")
+        self.progress.update(self.runs_task, note=f"last test acc {test:.3f}" if test is not None else "")

@@ -36,3 +36,30 @@ def catalog_info_table(catalog: Catalog) -> RichTable:
             values = np.asarray(catalog.table[column], dtype=float)
             table.add_row(column, f"{values.min():.4f} .. {values.max():.4f} deg")
     return table
+
+
+def _median_or_dash(values: list[float]) -> str:
+    return f"{np.median(values):.2f}" if values else "-"
+
+
+def run_summary_table(results: list[dict], thresholds: list[float], title: str = "suite summary") -> RichTable:
+    """One row per variant: runs, test accuracy, and median epochs to each threshold (reached n/N)."""
+    table = RichTable(title=title, title_justify="left")
+    table.add_column("variant", style="bold")
+    table.add_column("runs", justify="right")
+    table.add_column("test acc (mean ± sd)", justify="right")
+    for threshold in thresholds:
+        table.add_column(f"epochs to {threshold:g}\n(median, reached)", justify="right")
+    variants = list(dict.fromkeys(r["variant"] for r in results))
+    for variant in variants:
+        runs = [r for r in results if r["variant"] == variant]
+        accuracies = np.asarray([r["test_accuracy"] for r in runs if r["test_accuracy"] is not None], dtype=float)
+        accuracy = f"{accuracies.mean():.3f} ± {accuracies.std(ddof=1) if accuracies.size > 1 else 0:.3f}" \
+            if accuracies.size else "-"
+        cells = []
+        for threshold in thresholds:
+            hits = [r["thresholds"][str(threshold)] for r in runs]
+            reached = [h["epochs"] for h in hits if h["reached"]]
+            cells.append(f"{_median_or_dash(reached)} ({len(reached)}/{len(hits)})")
+        table.add_row(variant, str(len(runs)), accuracy, *cells)
+    return table

@@ -1,0 +1,101 @@
+"""What a run cost: FLOPs per sample, synchronized device-seconds, NVML energy, and time-to-threshold."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+COST_FIELDS = ("epochs", "samples", "train_flops", "eval_flops", "device_seconds", "eval_device_seconds",
+               "wall_seconds", "energy_joules")
+
+
+def flops_per_sample(model: nn.Module, image_size: int, device: torch.device, backward: bool) -> int:
+    """FLOPs of one sample's forward (and backward) pass, counted by torch at the real input size."""
+    was_training = model.training
+    model.train(backward)
+    batch = 2  # batch statistics are per sample for AlexNet; two samples avoid any size-1 special case
+    images = torch.zeros(batch, 3, image_size, image_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        if backward:
+            model(images).sum().backward()
+        else:
+            with torch.no_grad():
+                model(images)
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return int(counter.get_total_flops() // batch)
+
+
+class EnergyMeter:
+    """Total GPU energy from NVML's counter (millijoules since driver load); None without a GPU or NVML."""
+
+    def __init__(self, device: torch.device):
+        self._handle = None
+        if device.type != "cuda":
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+            self._handle, self._nvml = handle, pynvml
+        except Exception:  # noqa: BLE001 - no NVML, or a GPU without the energy counter
+            self._handle = None
+
+    def joules(self) -> float | None:
+        """The counter now, in joules (None where unavailable)."""
+        if self._handle is None:
+            return None
+        return self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) / 1000.0
+
+
+@dataclass
+class Costs:
+    """Running totals of one run; saved in checkpoints so a resumed run continues the count."""
+
+    samples: int = 0
+    train_flops: int = 0
+    eval_flops: int = 0
+    device_seconds: float = 0.0
+    eval_device_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    energy_joules: float | None = None
+
+    def as_dict(self) -> dict:
+        """Plain dict for events and checkpoints."""
+        return asdict(self)
+
+
+class Stopwatch:
+    """Synchronized device timing: on CUDA the queue is drained before the clock is read."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def now(self) -> float:
+        """Seconds on a monotonic clock after all queued device work has finished."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+def threshold_crossings(evals: list[dict], thresholds: list[float]) -> dict[float, dict]:
+    """For each threshold: the costs at the first eval reaching it, or censored at the run's totals.
+
+    `evals` are eval events in order (each with `val_accuracy` and the COST_FIELDS that apply).
+    Returns {threshold: {"reached": bool, **costs}}; a run with no evals is censored at zero cost.
+    """
+    result = {}
+    for threshold in thresholds:
+        hit = next((e for e in evals if e["val_accuracy"] >= threshold), None)
+        point = hit if hit is not None else (evals[-1] if evals else {})
+        result[threshold] = {"reached": hit is not None,
+                             **{field: point.get(field, 0) for field in COST_FIELDS}}
+    return result

@@ -1,0 +1,161 @@
+"""From a catalog to training tensors: class mapping, stratified split, resize, device-side augmentation.
+
+A split is held as one uint8 tensor on the training device and augmented there, so the training loop has
+no per-sample Python work and needs no DataLoader workers. A split larger than the memory budget stays in
+the memory-mapped FITS file and is streamed in chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from galbench.catalog import Catalog
+from galbench.errors import GalbenchError
+from galbench.models import IMAGENET_MEAN, IMAGENET_STD
+
+PREPARE_CHUNK = 512
+
+
+def map_classes(catalog: Catalog, mapping: dict[str, list[int | str]] | None) -> tuple[list[str], np.ndarray]:
+    """Target class names and a label per catalog row (-1 where the row's class is not mapped)."""
+    labels = catalog.labels
+    if mapping is None:
+        return list(catalog.classes), labels
+    source_index = {name: index for index, name in enumerate(catalog.classes)}
+    target = np.full(len(labels), -1, dtype=np.int64)
+    for new_label, (name, sources) in enumerate(mapping.items()):
+        for source in sources:
+            if isinstance(source, str):
+                if source not in source_index:
+                    raise GalbenchError(f"class mapping {name!r}: the catalog has no class {source!r}",
+                                        where="data.classes", fix=f"catalog classes: {', '.join(catalog.classes)}")
+                source = source_index[source]
+            if not 0 <= source < len(catalog.classes):
+                raise GalbenchError(f"class mapping {name!r}: label {source} is outside the catalog's "
+                                    f"{len(catalog.classes)} classes", where="data.classes")
+            target[labels == source] = new_label
+    return list(mapping), target
+
+
+def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
+    """Row indices of train/val/test, stratified by label; rows labelled -1 are left out."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for label in np.unique(labels[labels >= 0]):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        n_val = int(round(fractions[1] * rows.size))
+        n_test = int(round(fractions[2] * rows.size))
+        parts["val"].append(rows[:n_val])
+        parts["test"].append(rows[n_val:n_val + n_test])
+        parts["train"].append(rows[n_val + n_test:])
+    split = {name: np.sort(np.concatenate(chunks)) if chunks else np.empty(0, int) for name, chunks in parts.items()}
+    for name, rows in split.items():
+        if rows.size == 0:
+            raise GalbenchError(f"the {name} split is empty", where="data.split",
+                                fix="use a larger catalog or larger fractions")
+    return split
+
+
+def prepare_images(images: np.ndarray, crop: float, size: int) -> torch.Tensor:
+    """Centre-crop (fraction of the side) and resize a uint8 (N, 3, H, W) array to a uint8 tensor."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images))
+    height, width = tensor.shape[-2:]
+    if crop < 1.0:
+        ch, cw = max(1, round(height * crop)), max(1, round(width * crop))
+        top, left = (height - ch) // 2, (width - cw) // 2
+        tensor = tensor[..., top:top + ch, left:left + cw]
+    if tuple(tensor.shape[-2:]) != (size, size):
+        resized = F.interpolate(tensor.float(), size=(size, size), mode="bilinear", antialias=True,
+                                align_corners=False)
+        tensor = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return tensor.contiguous()
+
+
+@dataclass
+class SplitImages:
+    """One split's images and labels: on the device when they fit the budget, else streamed from the file."""
+
+    source: np.ndarray  # (N_all, 3, H, W) uint8, possibly a memory map
+    rows: np.ndarray
+    labels: torch.Tensor  # on device
+    crop: float
+    size: int
+    device: torch.device
+    resident: torch.Tensor | None = None  # (N, 3, size, size) uint8 on device
+
+    @classmethod
+    def build(cls, source: np.ndarray, rows: np.ndarray, labels: np.ndarray, crop: float, size: int,
+              device: torch.device, budget_bytes: int) -> SplitImages:
+        """Prepare a split; load it onto the device whole if it fits `budget_bytes`."""
+        split = cls(source, rows, torch.as_tensor(labels[rows], device=device), crop, size, device)
+        if rows.size * 3 * size * size <= budget_bytes:
+            split.resident = torch.cat([split._prepare(rows[i:i + PREPARE_CHUNK])
+                                        for i in range(0, rows.size, PREPARE_CHUNK)])
+        return split
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def _prepare(self, rows: np.ndarray) -> torch.Tensor:
+        return prepare_images(self.source[rows], self.crop, self.size).to(self.device, non_blocking=True)
+
+    def batches(self, batch_size: int, order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (uint8 images, labels) batches in `order` (positions within the split; default: in order)."""
+        order = torch.arange(len(self)) if order is None else order.cpu()
+        if self.resident is not None:
+            order = order.to(self.device)
+            for start in range(0, len(self), batch_size):
+                index = order[start:start + batch_size]
+                yield self.resident[index], self.labels[index]
+            return
+        # Streaming: take a chunk of the (shuffled) order, read those rows in file order, then batch it.
+        chunk = max(batch_size, PREPARE_CHUNK // batch_size * batch_size)
+        for start in range(0, len(self), chunk):
+            positions = order[start:start + chunk].numpy()
+            file_order = np.argsort(self.rows[positions], kind="stable")
+            images = self._prepare(self.rows[positions][file_order])
+            inverse = torch.as_tensor(np.argsort(file_order), device=self.device)
+            images = images[inverse]
+            labels = self.labels[torch.as_tensor(positions, device=self.device)]
+            for offset in range(0, positions.size, batch_size):
+                yield images[offset:offset + batch_size], labels[offset:offset + batch_size]
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, flips: bool, rot90: bool, shift: int) -> torch.Tensor:
+    """Random dihedral transforms (flips, 90-degree turns) and small shifts, per sample, on the device."""
+    batch = images.shape[0]
+    draws = torch.rand((batch, 3), generator=generator, device=generator.device).to(images.device)
+    if rot90:  # a transpose plus the two flips below reach all 8 symmetries of the square
+        turn = (draws[:, 0] < 0.5).view(-1, 1, 1, 1)
+        images = torch.where(turn, images.transpose(-1, -2), images)
+    if flips or rot90:
+        images = torch.where((draws[:, 1] < 0.5).view(-1, 1, 1, 1), images.flip(-1), images)
+        images = torch.where((draws[:, 2] < 0.5).view(-1, 1, 1, 1), images.flip(-2), images)
+    if shift:
+        size, channels = images.shape[-1], images.shape[1]
+        offsets = torch.randint(0, 2 * shift + 1, (batch, 2), generator=generator, device=generator.device)
+        offsets = offsets.to(images.device)
+        padded = F.pad(images.float(), (shift, shift, shift, shift), mode="replicate").to(images.dtype)
+        span = torch.arange(size, device=images.device)
+        row_index = (span[None, :] + offsets[:, :1]).view(batch, 1, size, 1)
+        col_index = (span[None, :] + offsets[:, 1:]).view(batch, 1, 1, size)
+        padded = padded.gather(2, row_index.expand(-1, channels, -1, padded.shape[-1]))
+        images = padded.gather(3, col_index.expand(-1, channels, size, -1))
+    return images
+
+
+class Normalizer(torch.nn.Module):
+    """uint8 (N, 3, H, W) -> float, scaled to [0, 1] and standardised with the ImageNet statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std

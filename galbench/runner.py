@@ -1,0 +1,180 @@
+"""`galbench run`: a suite file in, a run directory out (resolved suite, event logs, checkpoints, results).
+
+suite TOML -> validated Suite -> data (catalog or cached synth) -> split -> runs (variant x seed) ->
+per-run event logs -> results.json / results.csv. Every stage reads the previous stage's files, so
+`galbench report RUN_DIR` can redo the tables without retraining.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from galbench import __version__
+from galbench.catalog import Catalog, read_catalog, write_catalog
+from galbench.data import SplitImages, map_classes, stratified_split
+from galbench.errors import GalbenchError
+from galbench.fileio import cache_dir, content_hash, write_json_atomic, write_text_atomic
+from galbench.models import imagenet_state_dict, load_checkpoint
+from galbench.suite import Suite, SynthSection, Variant
+from galbench.train import RunSpec, resolve_device, resolve_precision
+from galbench.train import run as train_run
+
+
+@dataclass
+class PreparedData:
+    """A suite's data after class mapping and splitting, on the training device."""
+
+    classes: list[str]
+    train: SplitImages
+    val: SplitImages
+    test: SplitImages
+    catalog: Catalog
+
+
+def synth_catalog(params: SynthSection, progress_factory=None) -> Path:
+    """The cached FITS file of a synth table, generated on first use (keyed by the parameters' hash)."""
+    from galbench.synth import SynthParams, synthesize
+
+    path = cache_dir("synth") / f"synth-{content_hash(params.model_dump())}.fits"
+    if not path.exists():
+        synth = SynthParams(**params.model_dump())
+        if progress_factory is None:
+            catalog = synthesize(synth)
+        else:
+            with progress_factory("simulating galaxies", synth.n, "galaxies") as advance:
+                catalog = synthesize(synth, progress=advance)
+        write_catalog(path, catalog)
+    return path
+
+
+def catalog_path(suite: Suite, base: Path, progress_factory=None) -> Path:
+    """The suite's catalog file: its own path (relative to the suite file) or the cached synth file."""
+    if suite.data.synth is not None:
+        return synth_catalog(suite.data.synth, progress_factory)
+    path = Path(suite.data.catalog)
+    path = path if path.is_absolute() else base / path
+    if not path.exists():
+        how = f"; create it with: {suite.data.create_with}" if suite.data.create_with else ""
+        raise GalbenchError(f"catalog file not found{how}", where=str(path))
+    return path
+
+
+def prepare_data(suite: Suite, path: Path, device: torch.device) -> PreparedData:
+    """Read the catalog, map its classes, split it and put the splits on the device."""
+    catalog = read_catalog(path)
+    classes, labels = map_classes(catalog, suite.data.classes)
+    split_cfg = suite.data.split
+    rows = stratified_split(labels, (split_cfg.train, split_cfg.val, split_cfg.test), split_cfg.seed)
+    budget = suite.data.memory_budget_mb * 2**20
+    splits = {name: SplitImages.build(catalog.images, index, labels, suite.data.crop, suite.data.image_size,
+                                      device, budget) for name, index in rows.items()}
+    return PreparedData(classes, splits["train"], splits["val"], splits["test"], catalog)
+
+
+def resolve_init(variant: Variant, suite: Suite, base: Path, data: PreparedData, device: torch.device,
+                 progress_factory=None) -> tuple[dict | None, dict]:
+    """The initial weights of a variant (None for scratch) and what they cost to make (pretraining)."""
+    kind, _, value = variant.init.partition(":")
+    if kind == "scratch":
+        return None, {}
+    if kind == "imagenet":
+        if variant.model != "alexnet":
+            raise GalbenchError(f"variant {variant.name!r}: ImageNet weights fit only model 'alexnet', "
+                                f"not {variant.model!r}")
+        return imagenet_state_dict(_relative(value, base) if value else None), {}
+    if kind == "checkpoint":
+        checkpoint = load_checkpoint(_relative(value, base))
+        return checkpoint["state_dict"], checkpoint.get("meta", {}).get("pretrain_cost", {})
+    from galbench import pretrain
+
+    checkpoint_path = pretrain.ensure_for_variant(variant, suite, base, device, progress_factory)
+    checkpoint = load_checkpoint(checkpoint_path)
+    return checkpoint["state_dict"], checkpoint["meta"].get("pretrain_cost", {})
+
+
+def _relative(value: str, base: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def environment(device: torch.device, precision: str) -> dict:
+    """What the results were measured on."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"galbench": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version(), "device": str(device), "device_name": name,
+            "precision": precision, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform()}
+
+
+def default_out_dir(suite: Suite) -> Path:
+    """reports/<suite>/<hash of the suite without its seeds>: the same suite resumes in the same folder."""
+    return Path("reports") / suite.suite.name / suite.identity()
+
+
+def run_suite(suite: Suite, base: Path, out: Path | None = None, device_override: str | None = None,
+              display=None) -> tuple[Path, list[dict]]:
+    """Train every (variant, seed) run of a suite, skipping finished runs; returns the run dir and results."""
+    out = Path(out) if out else default_out_dir(suite)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(device_override or suite.train.device)
+    progress_factory = display.bar if display else None
+    path = catalog_path(suite, base, progress_factory)
+    data = prepare_data(suite, path, device)
+    precision = resolve_precision(suite.train.precision, device)
+    write_json_atomic(out / "suite.resolved.json", {**suite.model_dump(), "catalog_path": str(path),
+                                                    "baseline": suite.baseline})
+    write_json_atomic(out / "environment.json", environment(device, precision))
+    write_json_atomic(out / "split.json", {"classes": data.classes, "train": data.train.rows, "val": data.val.rows,
+                                           "test": data.test.rows})
+    results: list[dict] = []
+    jobs = [(variant, seed) for variant in suite.variant for seed in suite.suite.seeds]
+    inits: dict[str, tuple] = {}
+    if display:
+        display.start_runs(len(jobs))
+    for variant, seed in jobs:
+        if variant.name not in inits:
+            inits[variant.name] = resolve_init(variant, suite, base, data, device, progress_factory)
+        state, pretrain_cost = inits[variant.name]
+        train_cfg = suite.train_for(variant)
+        if device_override:
+            train_cfg = train_cfg.model_copy(update={"device": device_override})
+        spec = RunSpec(variant=variant.name, seed=seed, model=variant.model, classes=data.classes, train=train_cfg,
+                       augment=suite.data.augment, image_size=suite.data.image_size, crop=suite.data.crop,
+                       thresholds=suite.suite.thresholds, finetune=variant.finetune, init_state=state,
+                       init=variant.init, meta={"suite": suite.suite.name, "pretrain_cost": pretrain_cost})
+        run_dir = out / "runs" / f"{variant.name}__seed{seed}"
+        if display:
+            display.start_run(variant.name, seed, train_cfg.epochs)
+        result = train_run(spec, data.train, data.val, data.test, run_dir,
+                           on_event=display.on_event if display else None)
+        result["pretrain_cost"] = pretrain_cost
+        results.append(result)
+        write_results(out, results)
+        if display:
+            display.end_run(result)
+    return out, results
+
+
+RESULT_COLUMNS = ("variant", "seed", "model", "init", "finished", "best_val_accuracy", "final_val_accuracy",
+                  "test_accuracy")
+
+
+def write_results(out: Path, results: list[dict]) -> None:
+    """results.json (everything) and results.csv (a row per run and threshold), both atomic."""
+    write_json_atomic(out / "results.json", {"runs": results})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    cost_fields = ("epochs", "samples", "train_flops", "device_seconds", "energy_joules", "wall_seconds")
+    writer.writerow([*RESULT_COLUMNS, "threshold", "reached", *cost_fields])
+    for result in results:
+        for threshold, cost in result["thresholds"].items():
+            writer.writerow([result[c] for c in RESULT_COLUMNS] + [threshold, cost["reached"]]
+                            + [cost.get(f) for f in cost_fields])
+    write_text_atomic(out / "results.csv", buffer.getvalue())

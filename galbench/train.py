@@ -1,0 +1,370 @@
+"""One training run (a variant and a seed): the loop, evaluation, the event log, checkpoints and resume.
+
+The loop is plain to see: `train_one_epoch`, `evaluate`, `run`. Each run writes an append-only JSON-lines
+event log (run_start, eval, threshold_reached, run_stop) and checkpoints `last.pt` at every epoch's end.
+A rerun skips a finished run and resumes an interrupted one from `last.pt`, first cutting the log back to
+what that checkpoint had seen, so at most the current epoch is lost and, on the CPU, the resumed run's
+results equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from galbench.accounting import Costs, EnergyMeter, Stopwatch, flops_per_sample, threshold_crossings
+from galbench.data import Normalizer, SplitImages, augment
+from galbench.errors import GalbenchError
+from galbench.fileio import atomic_path
+from galbench.models import (
+    CHECKPOINT_FORMAT,
+    apply_finetune_policy,
+    build_model,
+    load_backbone,
+    load_checkpoint,
+)
+from galbench.suite import AugmentSection, TrainSection
+
+
+@dataclass
+class RunSpec:
+    """Everything one (variant, seed) run needs besides its data."""
+
+    variant: str
+    seed: int
+    model: str
+    classes: list[str]
+    train: TrainSection
+    augment: AugmentSection
+    image_size: int
+    crop: float
+    thresholds: list[float]
+    finetune: str = "all"
+    init_state: dict[str, torch.Tensor] | None = None
+    init: str = "scratch"
+    meta: dict = field(default_factory=dict)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` is the first CUDA device where one exists, else the CPU."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GalbenchError(f"device {spec!r} asked for, but torch sees no CUDA GPU", where="train.device",
+                            fix="use device = \"auto\" or \"cpu\"")
+    return device
+
+
+def resolve_precision(spec: str, device: torch.device) -> str:
+    """`auto` is bf16 autocast on CUDA and fp32 on the CPU."""
+    if spec == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return spec
+
+
+def autocast_context(precision: str, device: torch.device):
+    """The autocast context for a precision (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def lr_at(step: int, steps_per_epoch: int, cfg: TrainSection) -> float:
+    """Learning rate at a global step: linear warm-up, then constant, cosine or step decay."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.schedule == "step":  # divide by 10 at 1/2 and 3/4 of training
+        return cfg.lr * (0.1 ** ((progress >= 0.5) + (progress >= 0.75)))
+    return cfg.lr
+
+
+def make_optimizer(model: nn.Module, cfg: TrainSection) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class EventLog:
+    """Append-only JSON lines, flushed per event so a killed process loses nothing already logged."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def append(self, event: dict) -> None:
+        """Append one event, stamped with the wall-clock time."""
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"time_unix": round(time.time(), 3), **event}) + "\n")
+            handle.flush()
+
+    def read(self) -> list[dict]:
+        """Every complete event (a half-written last line from a kill is ignored)."""
+        if not self.path.exists():
+            return []
+        events = []
+        for line in self.path.read_text().splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return events
+
+    def truncate(self, count: int) -> None:
+        """Keep the first `count` events (atomically), dropping what a lost epoch logged."""
+        events = self.read()[:count]
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: SplitImages, normalizer: Normalizer, batch_size: int, precision: str,
+             channels_last: bool) -> tuple[float, float, torch.Tensor]:
+    """Accuracy, mean cross-entropy and predicted labels over a split."""
+    model.eval()
+    device = split.device
+    loss_sum = torch.zeros((), device=device)
+    predictions = []
+    for images, labels in split.batches(batch_size):
+        inputs = normalizer(images)
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with autocast_context(precision, device):
+            logits = model(inputs).float()
+        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
+        predictions.append(logits.argmax(1))
+    predicted = torch.cat(predictions)
+    accuracy = (predicted == split.labels).float().mean().item()
+    return accuracy, loss_sum.item() / len(split), predicted.cpu()
+
+
+def confusion_matrix(true: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts[true, predicted]."""
+    return np.bincount(true * n_classes + predicted, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def per_class_scores(confusion: np.ndarray) -> dict[str, list[float]]:
+    """Precision and recall per class from a confusion matrix (0 where undefined)."""
+    diagonal = np.diag(confusion).astype(float)
+    predicted, actual = confusion.sum(0), confusion.sum(1)
+    precision = np.divide(diagonal, predicted, out=np.zeros_like(diagonal), where=predicted > 0)
+    recall = np.divide(diagonal, actual, out=np.zeros_like(diagonal), where=actual > 0)
+    return {"precision": precision.round(6).tolist(), "recall": recall.round(6).tolist()}
+
+
+def model_checkpoint(model: nn.Module, spec: RunSpec, extra_meta: dict) -> dict:
+    """A galbench checkpoint: weights plus the facts that travel with the model."""
+    return {"format": CHECKPOINT_FORMAT, "model": spec.model, "classes": list(spec.classes),
+            "image_size": spec.image_size, "crop": spec.crop,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "meta": {"variant": spec.variant, "seed": spec.seed, "init": spec.init, **spec.meta, **extra_meta}}
+
+
+def save_checkpoint(checkpoint: dict, path: Path) -> None:
+    """torch.save through a temporary file and a rename."""
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+class _Trainer:
+    """The state of one run between epochs; `run()` below drives it."""
+
+    def __init__(self, spec: RunSpec, train: SplitImages, val: SplitImages, run_dir: Path,
+                 on_event: Callable[[dict], None] | None):
+        self.spec, self.train_split, self.val_split, self.run_dir = spec, train, val, run_dir
+        self.cfg = spec.train
+        self.device = train.device
+        self.precision = resolve_precision(self.cfg.precision, self.device)
+        self.log = EventLog(run_dir / "events.jsonl")
+        self.on_event = on_event or (lambda event: None)
+        torch.manual_seed(spec.seed)
+        self.model = build_model(spec.model, len(spec.classes))
+        if spec.init_state is not None:
+            load_backbone(self.model, spec.init_state, spec.init)
+        apply_finetune_policy(self.model, spec.finetune)
+        self.model.to(self.device)
+        if self.cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_flops = flops_per_sample(self.model, spec.image_size, self.device, backward=True)
+        self.eval_flops = flops_per_sample(self.model, spec.image_size, self.device, backward=False)
+        self.step_model = torch.compile(self.model) if self.cfg.compile else self.model
+        self.normalizer = Normalizer().to(self.device)
+        self.optimizer = make_optimizer(self.model, self.cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
+        self.shuffle = torch.Generator().manual_seed(spec.seed)
+        self.augment_rng = torch.Generator(device=self.device).manual_seed(spec.seed + 1)
+        self.energy = EnergyMeter(self.device)
+        self.watch = Stopwatch(self.device)
+        self.costs = Costs(energy_joules=0.0 if self.energy.joules() is not None else None)
+        self.epoch = 0
+        self.best = {"val_accuracy": -1.0, "epoch": 0.0}
+        self.reached: set[float] = set()
+        self.steps_per_epoch = math.ceil(len(train) / self.cfg.batch_size)
+
+    # --- persistence ---------------------------------------------------------------------------------
+    def save_last(self) -> None:
+        checkpoint = model_checkpoint(self.model, self.spec, {})
+        rng = {"shuffle": self.shuffle.get_state(), "augment": self.augment_rng.get_state(),
+               "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        checkpoint.update(optimizer=self.optimizer.state_dict(), rng=rng, epoch=self.epoch,
+                          events_logged=len(self.log.read()), costs=self.costs.as_dict(), best=self.best,
+                          reached=sorted(self.reached))
+        save_checkpoint(checkpoint, self.run_dir / "last.pt")
+
+    def restore(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.shuffle.set_state(checkpoint["rng"]["shuffle"])
+        self.augment_rng.set_state(checkpoint["rng"]["augment"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if "cuda" in checkpoint["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], self.device)
+        self.epoch = checkpoint["epoch"]
+        self.costs = Costs(**checkpoint["costs"])
+        self.best = dict(checkpoint["best"])
+        self.reached = set(checkpoint["reached"])
+        self.log.truncate(checkpoint["events_logged"])
+
+    # --- the loop --------------------------------------------------------------------------------------
+    def begin_session(self) -> None:
+        """Start this process's clocks; totals carried from a checkpoint are added to them."""
+        self.energy_start, self.energy_base = self.energy.joules() or 0.0, self.costs.energy_joules or 0.0
+        self.session_wall_start, self.wall_base = time.perf_counter(), self.costs.wall_seconds
+
+    def _eval_point(self, step_in_epoch: int) -> None:
+        spec, costs = self.spec, self.costs
+        start = self.watch.now()
+        accuracy, loss, _ = evaluate(self.step_model, self.val_split, self.normalizer, max(self.cfg.batch_size, 256),
+                                     self.precision, self.cfg.channels_last)
+        costs.eval_device_seconds += self.watch.now() - start
+        costs.eval_flops += self.eval_flops * len(self.val_split)
+        joules = self.energy.joules()
+        if joules is not None:
+            costs.energy_joules = joules - self.energy_start + self.energy_base
+        costs.wall_seconds = self.wall_base + time.perf_counter() - self.session_wall_start
+        epochs = round(self.epoch + step_in_epoch / self.steps_per_epoch, 6)
+        event = {"event": "eval", "epoch": epochs, **costs.as_dict(), "val_accuracy": round(accuracy, 6),
+                 "val_loss": round(loss, 6), "lr": self.optimizer.param_groups[0]["lr"]}
+        event["epochs"] = event.pop("epoch")
+        self.log.append(event)
+        self.on_event(event)
+        for threshold in spec.thresholds:
+            if threshold not in self.reached and accuracy >= threshold:
+                self.reached.add(threshold)
+                reached = {**event, "event": "threshold_reached", "threshold": threshold}
+                self.log.append(reached)
+                self.on_event(reached)
+        if accuracy > self.best["val_accuracy"]:
+            self.best = {"val_accuracy": accuracy, "epoch": epochs}
+            save_checkpoint(model_checkpoint(self.model, spec, {"val_accuracy": accuracy, "epochs": epochs}),
+                            self.run_dir / "best.pt")
+        self.step_model.train()
+
+    def train_one_epoch(self) -> None:
+        cfg, costs = self.cfg, self.costs
+        eval_steps = {round(self.steps_per_epoch * (k + 1) / cfg.evals_per_epoch) for k in range(cfg.evals_per_epoch)}
+        order = torch.randperm(len(self.train_split), generator=self.shuffle)
+        self.step_model.train()
+        start = self.watch.now()
+        for step_in_epoch, (images, labels) in enumerate(self.train_split.batches(cfg.batch_size, order), 1):
+            lr = lr_at(self.epoch * self.steps_per_epoch + step_in_epoch - 1, self.steps_per_epoch, cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            images = augment(images, self.augment_rng, self.spec.augment.flips, self.spec.augment.rot90,
+                             self.spec.augment.shift)
+            inputs = self.normalizer(images)
+            if cfg.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with autocast_context(self.precision, self.device):
+                loss = self.criterion(self.step_model(inputs).float(), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            costs.samples += labels.shape[0]
+            costs.train_flops += self.train_flops * labels.shape[0]
+            if step_in_epoch in eval_steps:
+                costs.device_seconds += self.watch.now() - start
+                self._eval_point(step_in_epoch)
+                start = self.watch.now()
+        self.epoch += 1
+
+
+def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, run_dir: Path,
+        on_event: Callable[[dict], None] | None = None) -> dict:
+    """Train one run to its end (resuming if it was interrupted) and return its results."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = EventLog(run_dir / "events.jsonl")
+    finished = [e for e in log.read() if e["event"] == "run_stop"]
+    if finished:
+        return results_from_events(log.read(), spec.thresholds)
+    trainer = _Trainer(spec, train, val, run_dir, on_event)
+    last = run_dir / "last.pt"
+    if last.exists():
+        trainer.restore(load_checkpoint(last))
+        log.append({"event": "run_resume", "epoch": trainer.epoch})
+    else:
+        log.path.unlink(missing_ok=True)
+        log.append({"event": "run_start", "variant": spec.variant, "seed": spec.seed, "model": spec.model,
+                    "init": spec.init, "finetune": spec.finetune, "device": str(trainer.device),
+                    "precision": trainer.precision, "train_flops_per_sample": trainer.train_flops,
+                    "eval_flops_per_sample": trainer.eval_flops, "train_size": len(train), "val_size": len(val),
+                    "test_size": len(test), "classes": spec.classes, "thresholds": spec.thresholds,
+                    **spec.meta})
+    trainer.begin_session()
+    while trainer.epoch < spec.train.epochs:
+        trainer.train_one_epoch()
+        trainer.save_last()
+    best = load_checkpoint(run_dir / "best.pt")
+    trainer.model.load_state_dict(best["state_dict"])
+    accuracy, loss, predicted = evaluate(trainer.model, test, trainer.normalizer, 256, trainer.precision,
+                                         spec.train.channels_last)
+    confusion = confusion_matrix(test.labels.cpu().numpy(), predicted.numpy(), len(spec.classes))
+    log.append({"event": "run_stop", "status": "success", "test_accuracy": round(accuracy, 6),
+                "test_loss": round(loss, 6), "best_val_accuracy": round(trainer.best["val_accuracy"], 6),
+                "best_epochs": trainer.best["epoch"], "confusion": confusion.tolist(),
+                **per_class_scores(confusion),
+                "test_predictions": predicted.tolist()})
+    os.replace(last, run_dir / "final.pt")
+    return results_from_events(log.read(), spec.thresholds)
+
+
+def results_from_events(events: list[dict], thresholds: list[float]) -> dict:
+    """One run's results row, computed from its event log alone."""
+    start = next(e for e in events if e["event"] == "run_start")
+    stop = next((e for e in events if e["event"] == "run_stop"), None)
+    evals = [e for e in events if e["event"] == "eval"]
+    crossings = threshold_crossings(evals, thresholds)
+    final = evals[-1] if evals else {}
+    return {
+        "variant": start["variant"], "seed": start["seed"], "model": start["model"], "init": start["init"],
+        "finished": stop is not None,
+        "final_val_accuracy": final.get("val_accuracy"), "best_val_accuracy": stop and stop["best_val_accuracy"],
+        "test_accuracy": stop and stop["test_accuracy"], "confusion": stop and stop["confusion"],
+        "precision": stop and stop["precision"], "recall": stop and stop["recall"],
+        "totals": {k: final.get(k) for k in ("epochs", "samples", "train_flops", "eval_flops", "device_seconds",
+                                              "eval_device_seconds", "wall_seconds", "energy_joules")},
+        "thresholds": {str(t): v for t, v in crossings.items()},
+        "curve": [{k: e[k] for k in ("epochs", "samples", "train_flops", "device_seconds", "val_accuracy",
+                                     "val_loss")} for e in evals],
+    }
