@@ -108,6 +108,46 @@ def _cmd_models(args) -> None:
     out.print(table)
 
 
+def _cmd_pretrain_fractal(args) -> None:
+    from galbench.console import RunDisplay
+    from galbench.fractal import FractalParams
+    from galbench.pretrain import pretrain_fractal
+    from galbench.train import resolve_device
+
+    params = FractalParams(classes=args.classes, per_class=args.per_class, size=args.size, seed=args.seed)
+    with RunDisplay() as display:
+        pretrain_fractal(args.out, params, args.model, args.epochs, args.lr, args.batch_size,
+                         resolve_device(args.device), display)
+    _print_checkpoint_cost(args.out)
+
+
+def _cmd_pretrain_catalog(args) -> None:
+    from galbench.catalog import read_catalog
+    from galbench.console import RunDisplay
+    from galbench.pretrain import pretrain_on_catalog
+    from galbench.train import resolve_device
+
+    catalog = read_catalog(args.data)
+    size = args.size or catalog.images.shape[-1]
+    source = {"kind": "catalog", "catalog": str(args.data), "model": args.model, "epochs": args.epochs,
+              "lr": args.lr, "image_size": size}
+    with RunDisplay() as display:
+        pretrain_on_catalog(catalog, args.out, args.model, size, args.epochs, args.lr, args.batch_size,
+                            resolve_device(args.device), source, seed=args.seed, display=display)
+    _print_checkpoint_cost(args.out)
+
+
+def _print_checkpoint_cost(path: Path) -> None:
+    from galbench.models import load_checkpoint
+
+    meta = load_checkpoint(path)["meta"]
+    cost = meta["pretrain_cost"]
+    out.print(f"wrote {path}: pretraining val accuracy {meta['pretrain_val_accuracy']:.3f}; cost "
+              f"{cost['samples']:,} samples, {cost['train_flops'] / 1e12:.2f} TFLOPs, "
+              f"{cost['device_seconds']:.1f} device-s, {cost['wall_seconds']:.1f} s wall "
+              f"(+{cost['generation_seconds']:.1f} s generating data)")
+
+
 def _count_csv_rows(path: Path) -> int:
     if not path.exists():
         raise GalbenchError("labels CSV not found", where=str(path), fix="pass --labels CSV")
@@ -208,6 +248,36 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N, overriding train.device")
     run.add_argument("--out", type=Path, help="run directory (default reports/<suite>/<hash>)")
     run.set_defaults(handler=_cmd_run)
+
+    pretrain = commands.add_parser(
+        "pretrain", help="make pretrained checkpoints offline (fractals, other catalogs)",
+        description="Pretrain a model offline and write a galbench checkpoint that records what it cost.")
+    pretrain.set_defaults(handler=lambda args: pretrain.print_help())
+    pretrain_commands = pretrain.add_subparsers(dest="pretrain_command", metavar="SOURCE")
+    fractal = pretrain_commands.add_parser(
+        "fractal", help="FractalDB-style formula-driven images (Kataoka et al. 2020)", formatter_class=formatter,
+        description="Generate a labelled set of fractals (one random IFS per class) and pretrain on it.",
+        epilog="example:\n  galbench pretrain fractal fractal.pt --classes 32 --per-class 64 --size 64 --model alexnet-small")
+    fractal.add_argument("out", type=Path, help="output checkpoint (.pt)")
+    fractal.add_argument("--classes", type=int, default=32, help="number of fractal classes (default 32)")
+    fractal.add_argument("--per-class", type=int, default=64, help="images per class (default 64)")
+    fractal.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    fractal.add_argument("--seed", type=int, default=0)
+    catalog_pre = pretrain_commands.add_parser(
+        "catalog", help="supervised pretraining on another galaxy catalog (e.g. simulated galaxies)",
+        formatter_class=formatter,
+        epilog="example:\n  galbench pretrain catalog sim-pretrained.pt --data sim.fits --model alexnet-small")
+    catalog_pre.add_argument("out", type=Path, help="output checkpoint (.pt)")
+    catalog_pre.add_argument("--data", type=Path, required=True, help="catalog FITS file to pretrain on")
+    catalog_pre.add_argument("--size", type=int, help="image size (default: the catalog's)")
+    catalog_pre.add_argument("--seed", type=int, default=0)
+    for sub, handler in ((fractal, _cmd_pretrain_fractal), (catalog_pre, _cmd_pretrain_catalog)):
+        sub.add_argument("--model", default="alexnet-small", help="registered model (default alexnet-small)")
+        sub.add_argument("--epochs", type=int, default=8, help="epochs (default 8)")
+        sub.add_argument("--lr", type=float, default=0.001, help="AdamW learning rate (default 0.001)")
+        sub.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+        sub.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        sub.set_defaults(handler=handler)
 
     models = commands.add_parser("models", help="list the registered models")
     models.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'alexnet*'")

@@ -78,8 +78,8 @@ def prepare_data(suite: Suite, path: Path, device: torch.device) -> PreparedData
     return PreparedData(classes, splits["train"], splits["val"], splits["test"], catalog)
 
 
-def resolve_init(variant: Variant, suite: Suite, base: Path, data: PreparedData, device: torch.device,
-                 progress_factory=None) -> tuple[dict | None, dict]:
+def resolve_init(variant: Variant, suite: Suite, base: Path, device: torch.device,
+                 display=None) -> tuple[dict | None, dict]:
     """The initial weights of a variant (None for scratch) and what they cost to make (pretraining)."""
     kind, _, value = variant.init.partition(":")
     if kind == "scratch":
@@ -94,7 +94,7 @@ def resolve_init(variant: Variant, suite: Suite, base: Path, data: PreparedData,
         return checkpoint["state_dict"], checkpoint.get("meta", {}).get("pretrain_cost", {})
     from galbench import pretrain
 
-    checkpoint_path = pretrain.ensure_for_variant(variant, suite, base, device, progress_factory)
+    checkpoint_path = pretrain.ensure_for_variant(variant, suite, base, device, display)
     checkpoint = load_checkpoint(checkpoint_path)
     return checkpoint["state_dict"], checkpoint["meta"].get("pretrain_cost", {})
 
@@ -136,11 +136,15 @@ def run_suite(suite: Suite, base: Path, out: Path | None = None, device_override
     results: list[dict] = []
     jobs = [(variant, seed) for variant in suite.variant for seed in suite.suite.seeds]
     inits: dict[str, tuple] = {}
+    # runs that share one pretraining (same init, model and fractal parameters) share its cost
+    init_keys = {v.name: (v.init, v.model, v.fractal) for v in suite.variant}
+    shared_by = {v.name: len(suite.suite.seeds) * list(init_keys.values()).count(init_keys[v.name])
+                 for v in suite.variant}
     if display:
         display.start_runs(len(jobs))
     for variant, seed in jobs:
         if variant.name not in inits:
-            inits[variant.name] = resolve_init(variant, suite, base, data, device, progress_factory)
+            inits[variant.name] = resolve_init(variant, suite, base, device, display)
         state, pretrain_cost = inits[variant.name]
         train_cfg = suite.train_for(variant)
         if device_override:
@@ -155,6 +159,7 @@ def run_suite(suite: Suite, base: Path, out: Path | None = None, device_override
         result = train_run(spec, data.train, data.val, data.test, run_dir,
                            on_event=display.on_event if display else None)
         result["pretrain_cost"] = pretrain_cost
+        result["pretrain_shared_by"] = shared_by[variant.name] if pretrain_cost else 0
         results.append(result)
         write_results(out, results)
         if display:

@@ -115,7 +115,7 @@ class FractalSection(_Strict):
     size: int = Field(64, ge=32, le=512)
     seed: int = 0
     epochs: int = Field(8, ge=1)
-    lr: float = Field(0.01, gt=0)
+    lr: float = Field(0.001, gt=0)  # AdamW
     batch_size: int = Field(128, ge=1)
 
 
@@ -127,7 +127,7 @@ class PretrainedSection(_Strict):
     synth: SynthSection | None = None
     image_size: int | None = None
     epochs: int = Field(8, ge=1)
-    lr: float = Field(0.01, gt=0)
+    lr: float = Field(0.001, gt=0)  # AdamW
     batch_size: int = Field(128, ge=1)
 
     @model_validator(mode="after")
