@@ -70,15 +70,15 @@ class RunDisplay:
         if self.run_task is not None:
             self.progress.remove_task(self.run_task)
         self.run_label = f"{variant} seed {seed}"
+        self.reached = "reached:"
         self.run_task = self.progress.add_task(f"{self.run_label} (epochs)", total=epochs, note="")
 
     def on_event(self, event: dict) -> None:
         if event["event"] == "eval":
             self.progress.update(self.run_task, completed=event["epochs"],
-                                 note=f"val acc {event['val_accuracy']:.3f}")
+                                 note=f"val acc {event['val_accuracy']:.3f}  {self.reached}".rstrip())
         elif event["event"] == "threshold_reached":
-            self.progress.console.print(f"  {self.run_label}: reached {event['threshold']:g} at epoch "
-                                        f"{event['epochs']:.2f}")
+            self.reached += f" {event['threshold']:g}@{event['epochs']:g}"
 
     def end_run(self, result: dict) -> None:
         self.progress.advance(self.runs_task, 1)

@@ -123,7 +123,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for truncated or foreign files
         raise GalbenchError(f"not a readable checkpoint, truncated or foreign? ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:120]})", where=str(path)) from None
+                            f"{str(exc).splitlines()[0][:80]})", where=str(path)) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise GalbenchError("not a galbench checkpoint", where=str(path),
                             fix="checkpoints come from galbench run or galbench pretrain")

@@ -135,7 +135,8 @@ def run_suite(suite: Suite, base: Path, out: Path | None = None, device_override
                                            "test": data.test.rows})
     results: list[dict] = []
     jobs = [(variant, seed) for variant in suite.variant for seed in suite.suite.seeds]
-    inits: dict[str, tuple] = {}
+    # every init is resolved (files read, pretraining done) before the first run trains
+    inits = {variant.name: resolve_init(variant, suite, base, device, display) for variant in suite.variant}
     # runs that share one pretraining (same init, model and fractal parameters) share its cost
     init_keys = {v.name: (v.init, v.model, v.fractal) for v in suite.variant}
     shared_by = {v.name: len(suite.suite.seeds) * list(init_keys.values()).count(init_keys[v.name])
@@ -143,8 +144,6 @@ def run_suite(suite: Suite, base: Path, out: Path | None = None, device_override
     if display:
         display.start_runs(len(jobs))
     for variant, seed in jobs:
-        if variant.name not in inits:
-            inits[variant.name] = resolve_init(variant, suite, base, device, display)
         state, pretrain_cost = inits[variant.name]
         train_cfg = suite.train_for(variant)
         if device_override:

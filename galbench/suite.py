@@ -80,7 +80,7 @@ class DataSection(_Strict):
     create_with: str | None = None  # the command that makes `catalog`, quoted when it is missing
     classes: dict[str, list[int | str]] | None = None
     split: SplitSection = SplitSection()
-    image_size: int = Field(64, ge=32, le=512)
+    image_size: int = Field(64, ge=64, le=512)  # AlexNet needs at least 63 px
     crop: float = Field(1.0, gt=0, le=1)
     augment: AugmentSection = AugmentSection()
     memory_budget_mb: int = Field(2048, ge=1)

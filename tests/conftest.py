@@ -74,3 +74,39 @@ def cli(capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+TINY_SUITE = """
+[suite]
+name = "{name}"
+seeds = {seeds}
+thresholds = [0.4, 0.6, 0.99]
+
+[data]
+{data}
+image_size = 64
+split = {{ train = 0.6, val = 0.2, test = 0.2, seed = 0 }}
+
+[train]
+optimizer = "adamw"
+lr = 0.002
+weight_decay = 0.01
+batch_size = 16
+epochs = {epochs}
+evals_per_epoch = 2
+device = "cpu"
+
+[[variant]]
+name = "scratch"
+model = "alexnet-tiny"
+init = "scratch"
+{extra}
+"""
+
+
+def write_suite(folder: Path, name="tiny", seeds=2, epochs=2, data=None, extra="") -> Path:
+    """A small CPU suite file: alexnet-tiny on 90 simulated galaxies unless `data` says otherwise."""
+    data = data or 'synth = { n = 90, size = 64, seed = 0, classes = "elliptical,spiral,edge-on" }'
+    path = folder / f"{name}.toml"
+    path.write_text(TINY_SUITE.format(name=name, seeds=seeds, epochs=epochs, data=data, extra=extra))
+    return path

@@ -1,0 +1,82 @@
+"""Interrupted suites resume: a real subprocess killed with SIGKILL, then the same command again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.conftest import write_suite
+
+
+def _galbench(*args):
+    return [sys.executable, "-m", "galbench.cli", *map(str, args)]
+
+
+def _evals(run_dir):
+    lines = (run_dir / "events.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if '"eval"' in line]
+
+
+def test_sigkill_mid_run_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    suite = write_suite(tmp_path, seeds=2, epochs=5)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(_galbench("run", suite, "--out", whole), env=env, check=True, capture_output=True)
+
+    process = subprocess.Popen(_galbench("run", suite, "--out", killed), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = killed / "runs" / "scratch__seed1"
+    deadline = time.time() + 300
+    # kill during seed 1, after its checkpoint at the end of epoch 2 exists
+    while time.time() < deadline:
+        if (second / "last.pt").exists() and any(e["epochs"] >= 2.5 for e in _evals(second)):
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (killed / "runs/scratch__seed0/final.pt").exists()  # seed 0 had finished
+    assert not (second / "final.pt").exists()
+    finished_log = (killed / "runs/scratch__seed0/events.jsonl").read_bytes()
+
+    rerun = subprocess.run(_galbench("run", suite, "--out", killed), env=env, capture_output=True,
+                           text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    # the finished run was not redone, the interrupted one resumed rather than restarted
+    assert (killed / "runs/scratch__seed0/events.jsonl").read_bytes() == finished_log
+    events = [json.loads(line) for line in (second / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events].count("run_start") == 1
+    assert any(e["event"] == "run_resume" and e["epoch"] >= 2 for e in events)
+    # on the CPU the resumed run's results equal the uninterrupted run's
+    for seed in (0, 1):
+        a, b = (_evals(root / "runs" / f"scratch__seed{seed}") for root in (whole, killed))
+        assert [(e["epochs"], e["samples"], e["train_flops"], e["val_accuracy"], e["val_loss"]) for e in a] == \
+               [(e["epochs"], e["samples"], e["train_flops"], e["val_accuracy"], e["val_loss"]) for e in b]
+    results = [json.loads((root / "results.json").read_text())["runs"] for root in (whole, killed)]
+    assert [r["test_accuracy"] for r in results[0]] == [r["test_accuracy"] for r in results[1]]
+    assert [r["confusion"] for r in results[0]] == [r["confusion"] for r in results[1]]
+
+
+def test_rerunning_a_finished_suite_trains_nothing(cli, tmp_path):
+    suite = write_suite(tmp_path, seeds=1, epochs=1)
+    out = tmp_path / "out"
+    assert cli("run", suite, "--out", out)[0] == 0
+    log = out / "runs/scratch__seed0/events.jsonl"
+    before = log.read_bytes()
+    assert cli("run", suite, "--out", out)[0] == 0
+    assert log.read_bytes() == before
+
+
+def test_adding_seeds_keeps_the_run_directory_and_trains_only_the_new_seed(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    suite = write_suite(tmp_path, seeds=1, epochs=1)
+    assert cli("run", suite)[0] == 0
+    (run_dir,) = (tmp_path / "reports" / "tiny").iterdir()
+    first = (run_dir / "runs/scratch__seed0/events.jsonl").read_bytes()
+    assert cli("run", suite, "--seeds", 2)[0] == 0
+    assert [p.name for p in (tmp_path / "reports" / "tiny").iterdir()] == [run_dir.name]
+    assert (run_dir / "runs/scratch__seed0/events.jsonl").read_bytes() == first
+    assert (run_dir / "runs/scratch__seed1/final.pt").exists()
