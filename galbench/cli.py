@@ -92,7 +92,31 @@ def _cmd_run(args) -> None:
     with RunDisplay() as display:
         out_dir, results = run_suite(suite, base, out=args.out, device_override=args.device, display=display)
     out.print(run_summary_table(results, suite.suite.thresholds, title=f"{suite.suite.name}: {out_dir}"))
+    if not args.no_report:
+        _print_report(out_dir)
     err.print(f"results in {out_dir}")
+
+
+def _print_report(run_dir: Path) -> None:
+    from galbench.report import terminal_report, write_report
+
+    report, paths = write_report(run_dir)
+    for part in terminal_report(report):
+        out.print(part)
+    err.print("report: " + ", ".join(str(p) for p in paths))
+
+
+def _cmd_report(args) -> None:
+    _print_report(args.run_dir)
+
+
+def _cmd_compare(args) -> None:
+    from galbench.report import compare_tables, load_report
+
+    warnings_, table = compare_tables(load_report(args.run_dir_a), load_report(args.run_dir_b))
+    for warning in warnings_:
+        err.print(f"[yellow]warning:[/] {warning}")
+    out.print(table)
 
 
 def _cmd_models(args) -> None:
@@ -247,7 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", help="seed count (5) or list ([0,3,7]), overriding suite.seeds")
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N, overriding train.device")
     run.add_argument("--out", type=Path, help="run directory (default reports/<suite>/<hash>)")
+    run.add_argument("--no-report", action="store_true", help="skip the report at the end")
     run.set_defaults(handler=_cmd_run)
+
+    report = commands.add_parser(
+        "report", help="tables, plots and significance tests of a run directory (no retraining)",
+        formatter_class=formatter,
+        description="Recompute a suite's statistics from its run directory's event logs and write\n"
+                    "RUN_DIR/report/report.md, report.html (self-contained) and report.json, plus rich tables here.",
+        epilog="example:\n  galbench report reports/quickstart/<hash>")
+    report.add_argument("run_dir", type=Path)
+    report.set_defaults(handler=_cmd_report)
+
+    compare = commands.add_parser("compare", help="two run directories side by side (machines, code versions)")
+    compare.add_argument("run_dir_a", type=Path)
+    compare.add_argument("run_dir_b", type=Path)
+    compare.set_defaults(handler=_cmd_compare)
 
     pretrain = commands.add_parser(
         "pretrain", help="make pretrained checkpoints offline (fractals, other catalogs)",

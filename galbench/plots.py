@@ -53,3 +53,93 @@ def montage(catalog: Catalog, per_class: int = 8, seed: int = 0) -> bytes:
     fig.suptitle(f"{catalog.source or catalog.path}", fontsize=7)
     fig.subplots_adjust(wspace=0.04, hspace=0.1)
     return figure_png(fig)
+
+
+def _variant_colours(variants: list[str]) -> dict[str, str]:
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {variant: palette[index % len(palette)] for index, variant in enumerate(variants)}
+
+
+def learning_curves(runs: list[dict], x_key: str, x_label: str, x_scale: float = 1.0, title: str = "") -> bytes:
+    """Validation accuracy against a cost (epochs, FLOPs, device-hours): median across seeds with an IQR band."""
+    variants = list(dict.fromkeys(r["variant"] for r in runs))
+    colours = _variant_colours(variants)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for variant in variants:
+        curves = [r["curve"] for r in runs if r["variant"] == variant and r["curve"]]
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        xs = np.median([[p[x_key] * x_scale for p in c[:length]] for c in curves], axis=0)
+        ys = np.asarray([[p["val_accuracy"] for p in c[:length]] for c in curves])
+        low, mid, high = np.percentile(ys, [25, 50, 75], axis=0)
+        ax.plot(xs, mid, color=colours[variant], label=f"{variant} (n={len(curves)})")
+        ax.fill_between(xs, low, high, color=colours[variant], alpha=0.2, linewidth=0)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("validation accuracy")
+    if x_key != "epochs":
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "median across seeds, band = interquartile range", fontsize=9)
+    return figure_png(fig)
+
+
+def time_to_threshold_strip(runs: list[dict], thresholds: list[float]) -> bytes:
+    """Epochs to each threshold per run; censored runs drawn as open markers at their totals."""
+    variants = list(dict.fromkeys(r["variant"] for r in runs))
+    colours = _variant_colours(variants)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    width = 0.8 / max(len(variants), 1)
+    rng = np.random.default_rng(0)
+    for t_index, threshold in enumerate(thresholds):
+        for v_index, variant in enumerate(variants):
+            rows = [r["thresholds"][str(threshold)] for r in runs if r["variant"] == variant]
+            x = t_index + (v_index - (len(variants) - 1) / 2) * width
+            for row in rows:
+                jitter = rng.uniform(-width / 4, width / 4)
+                ax.scatter(x + jitter, row["epochs"], s=22, edgecolors=colours[variant],
+                           facecolors=colours[variant] if row["reached"] else "none",
+                           label=variant if t_index == 0 and row is rows[0] else None)
+    ax.set_xticks(range(len(thresholds)), [f"{t:g}" for t in thresholds])
+    ax.set_xlabel("validation-accuracy threshold")
+    ax.set_ylabel("epochs to threshold")
+    ax.set_title("filled: reached; open: never reached (censored at the run's total)", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return figure_png(fig)
+
+
+def kaplan_meier_curves(curves: dict[str, tuple[list[float], list[float], int]], threshold: float) -> bytes:
+    """Fraction of runs not yet at the threshold against epochs (Kaplan-Meier step curves)."""
+    colours = _variant_colours(list(curves))
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for variant, (times, survival, n) in curves.items():
+        xs = [0.0, *times]
+        ys = [1.0, *survival]
+        ax.step(xs, ys, where="post", color=colours[variant], label=f"{variant} (n={n})")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("epochs")
+    ax.set_ylabel(f"fraction of runs below {threshold:g}")
+    ax.set_title(f"Kaplan-Meier: time to validation accuracy {threshold:g}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return figure_png(fig)
+
+
+def confusion_plot(confusion: list[list[int]], classes: list[str], title: str) -> bytes:
+    """A confusion matrix (rows true, columns predicted) with counts and row-normalised shading."""
+    matrix = np.asarray(confusion, dtype=float)
+    shares = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(classes), 0.8 + 0.8 * len(classes)))
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
+                    color="white" if shares[i, j] > 0.6 else "black", fontsize=8)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    return figure_png(fig)

@@ -104,9 +104,20 @@ def _relative(value: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device, precision: str) -> dict:
     """What the results were measured on."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {"galbench": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
             "python": platform.python_version(), "device": str(device), "device_name": name,
             "precision": precision, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),

@@ -92,9 +92,10 @@ def median_ratio_ci(variant, baseline, seed: int = 0) -> tuple[float, float, flo
     ratio = float(_median_ratio(variant, baseline))
     if variant.size < 2 or baseline.size < 2:
         return ratio, float("nan"), float("nan")
-    result = stats.bootstrap((variant, baseline), _median_ratio, n_resamples=BOOTSTRAP_RESAMPLES,
-                             confidence_level=CONFIDENCE, method="percentile", vectorized=True,
-                             rng=np.random.default_rng(seed))
+    with np.errstate(invalid="ignore"):  # censored runs are inf; inf - inf in scipy's checks is harmless
+        result = stats.bootstrap((variant, baseline), _median_ratio, n_resamples=BOOTSTRAP_RESAMPLES,
+                                 confidence_level=CONFIDENCE, method="percentile", vectorized=True,
+                                 rng=np.random.default_rng(seed))
     return ratio, float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
@@ -265,3 +266,19 @@ def _adjust_all(analysis: Analysis) -> None:
     adjusted = holm([getattr(obj, name) for obj, name in slots])
     for (obj, name), value in zip(slots, adjusted, strict=True):
         setattr(obj, f"{name}_adjusted", None if np.isnan(value) else float(value))
+
+
+COST_METRICS = ("epochs", "samples", "train_flops", "device_seconds", "energy_joules")
+
+
+def cost_medians(runs: list[dict], variant: str, threshold: float) -> dict[str, float | None]:
+    """Kaplan-Meier median of every cost metric to a threshold for one variant (None where not recorded)."""
+    rows = [r["thresholds"][str(threshold)] for r in runs if r["variant"] == variant]
+    medians: dict[str, float | None] = {}
+    for metric in COST_METRICS:
+        values = [row.get(metric) for row in rows]
+        if not rows or any(v is None for v in values):
+            medians[metric] = None
+            continue
+        medians[metric] = kaplan_meier(values, [row["reached"] for row in rows]).median
+    return medians

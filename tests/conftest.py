@@ -110,3 +110,17 @@ def write_suite(folder: Path, name="tiny", seeds=2, epochs=2, data=None, extra="
     path = folder / f"{name}.toml"
     path.write_text(TINY_SUITE.format(name=name, seeds=seeds, epochs=epochs, data=data, extra=extra))
     return path
+
+
+@pytest.fixture(scope="session")
+def finished_suite(tmp_path_factory) -> Path:
+    """A finished run directory: 2 variants x 3 seeds of alexnet-tiny on simulated galaxies (CPU, ~1 minute)."""
+    import os
+
+    folder = tmp_path_factory.mktemp("finished-suite")
+    os.environ["GALBENCH_CACHE"] = str(tmp_path_factory.getbasetemp() / "galbench-cache")
+    extra = '\n[[variant]]\nname = "faster"\nmodel = "alexnet-tiny"\ninit = "scratch"\ntrain = { lr = 0.004 }\n'
+    suite = write_suite(folder, name="finished", seeds=3, epochs=3, extra=extra)
+    out = folder / "run"
+    assert main(["run", str(suite), "--out", str(out), "--no-report"]) == 0
+    return out
