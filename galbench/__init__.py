@@ -4,4 +4,13 @@ from galbench.errors import GalbenchError
 
 __version__ = "0.1.0"
 
-__all__ = ["GalbenchError", "__version__"]
+__all__ = ["GalbenchError", "__version__", "classify"]
+
+
+def __getattr__(name: str):
+    # `galbench.classify(...)` without importing torch for every `galbench --help`
+    if name == "classify":
+        from galbench.classify import classify
+
+        return classify
+    raise AttributeError(name)

@@ -172,6 +172,39 @@ def _print_checkpoint_cost(path: Path) -> None:
               f"(+{cost['generation_seconds']:.1f} s generating data)")
 
 
+def _cmd_export(args) -> None:
+    from galbench.catalog import read_catalog
+    from galbench.export import export_onnx
+
+    if args.data is not None:
+        sample = read_catalog(args.data).images[: args.parity_images]
+    else:  # no data given: check parity on freshly simulated galaxies
+        from galbench.synth import SynthParams, synthesize
+
+        sample = synthesize(SynthParams(n=args.parity_images, size=128, seed=12345), workers=1).images
+    meta = export_onnx(args.checkpoint, args.out, sample)
+    out.print(f"wrote {args.out} (+ {Path(args.out).with_suffix('.pt').name}); parity on {meta['parity_images']} "
+              f"images: max |logit difference| {meta['parity_max_abs_logit_difference']}, argmax agreement "
+              f"{meta['parity_argmax_agreement']}")
+
+
+def _cmd_classify(args) -> None:
+    from galbench.catalog import read_catalog
+    from galbench.classify import classify
+
+    output = args.out or args.input.with_name(args.input.stem + ".classified.fits")
+    if output.resolve() == args.input.resolve():
+        raise GalbenchError("--out must differ from the input: galbench never edits its input", where=str(output))
+    rows = len(read_catalog(args.input, require_images=False))
+    with progress_bar("classifying", rows, unit="galaxies") as advance:
+        table = classify(args.input, model=args.model, run=args.run, out=output, backend=args.backend,
+                         batch_size=args.batch_size, resume=args.resume, skip_bad=args.skip_bad,
+                         copy_images=args.copy_images, progress=advance)
+    counts = {str(name): int((table["pred_class"] == name).sum()) for name in dict.fromkeys(table["pred_class"])}
+    err.print(f"wrote {output}: {len(table):,} galaxies with {table.meta['BACKEND']} "
+              f"({table.meta['PROVIDRS']}) at {table.meta['GAL_PER_S']:,.0f} galaxies/s; predicted {counts}")
+
+
 def _count_csv_rows(path: Path) -> int:
     if not path.exists():
         raise GalbenchError("labels CSV not found", where=str(path), fix="pass --labels CSV")
@@ -317,6 +350,38 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
         sub.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         sub.set_defaults(handler=handler)
+
+    export = commands.add_parser(
+        "export", help="export a checkpoint to a self-describing, parity-checked ONNX model",
+        formatter_class=formatter,
+        description="Export a galbench checkpoint to ONNX. The graph takes raw uint8 (N, 3, H, W) images and\n"
+                    "normalises inside; metadata carries classes, input size, crop rule and the checkpoint's\n"
+                    "SHA-256. ONNX Runtime is checked against PyTorch; a disagreement fails the export.",
+        epilog="example:\n  galbench export reports/quickstart/<hash>/runs/fractal__seed0/best.pt fractal.onnx --data sim.fits")
+    export.add_argument("checkpoint", type=Path)
+    export.add_argument("out", type=Path, help="output .onnx (the checkpoint is copied beside it as .pt)")
+    export.add_argument("--data", type=Path, help="catalog whose images check parity (default: simulated galaxies)")
+    export.add_argument("--parity-images", type=int, default=64, help="images for the parity check (default 64)")
+    export.set_defaults(handler=_cmd_export)
+
+    classify = commands.add_parser(
+        "classify", help="classify a catalog FITS file with an exported model", formatter_class=formatter,
+        description="Classify every galaxy of a catalog FITS file (IMAGES HDU, or an image_path column of\n"
+                    "JPEG/PNG/FITS files relative to the catalog). Writes the catalog's columns plus pred_label,\n"
+                    "pred_class, prob_<class> and pred_confidence to a new file; never edits the input.",
+        epilog="examples:\n  galbench classify sim.fits --run reports/quickstart/<hash>\n"
+               "  galbench classify big.fits --model winner.onnx --out big.classified.fits --batch-size 512 --resume")
+    classify.add_argument("input", type=Path, help="catalog FITS file")
+    classify.add_argument("--model", type=Path, help="exported .onnx model")
+    classify.add_argument("--run", type=Path, help="run directory: use the suite's overall winner")
+    classify.add_argument("--out", type=Path, help="output FITS (default INPUT.classified.fits)")
+    classify.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"],
+                          help="auto: ONNX Runtime with a GPU provider, else torch on CUDA, else ONNX Runtime CPU")
+    classify.add_argument("--batch-size", type=int, default=256, help="galaxies per batch (default 256)")
+    classify.add_argument("--resume", action="store_true", help="reuse finished chunks of an interrupted run")
+    classify.add_argument("--skip-bad", action="store_true", help="flag unreadable image rows and go on")
+    classify.add_argument("--copy-images", action="store_true", help="copy the IMAGES HDU into the output")
+    classify.set_defaults(handler=_cmd_classify)
 
     models = commands.add_parser("models", help="list the registered models")
     models.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'alexnet*'")

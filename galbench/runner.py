@@ -174,7 +174,34 @@ def run_suite(suite: Suite, base: Path, out: Path | None = None, device_override
         write_results(out, results)
         if display:
             display.end_run(result)
+    export_winners(out, results, data)
     return out, results
+
+
+def export_winners(out: Path, results: list[dict], data: PreparedData) -> dict[str, Path]:
+    """Export each variant's best run (best validation accuracy) and the overall winner to ONNX."""
+    from galbench.export import export_onnx
+
+    finished = [r for r in results if r["finished"]]
+    if not finished:
+        return {}
+    sample = data.catalog.images[data.val.rows[:256]]
+    exported = {}
+    best_by_variant = {}
+    for result in finished:
+        current = best_by_variant.get(result["variant"])
+        if current is None or result["best_val_accuracy"] > current["best_val_accuracy"]:
+            best_by_variant[result["variant"]] = result
+    winner = max(best_by_variant.values(), key=lambda r: r["best_val_accuracy"])
+    for name, result in [*best_by_variant.items(), ("winner", winner)]:
+        checkpoint = out / "runs" / f"{result['variant']}__seed{result['seed']}" / "best.pt"
+        target = out / "export" / f"{name}.onnx"
+        export_onnx(checkpoint, target, sample, {"run": out.name, "best_val_accuracy": result["best_val_accuracy"]})
+        exported[name] = target
+    write_json_atomic(out / "export" / "exports.json",
+                      {name: {"variant": r["variant"], "seed": r["seed"], "best_val_accuracy": r["best_val_accuracy"]}
+                       for name, r in [*best_by_variant.items(), ("winner", winner)]})
+    return exported
 
 
 RESULT_COLUMNS = ("variant", "seed", "model", "init", "finished", "best_val_accuracy", "final_val_accuracy",
