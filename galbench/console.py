@@ -21,21 +21,28 @@ err = Console(stderr=True, soft_wrap=True)
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, unit: str = "") -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr; yields `advance(n)`."""
+    """A rich progress bar on stderr; yields `advance(n)`. It appears at the first advance, so work that
+    fails its input checks before any progress prints only its one error line."""
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
     if unit:
         columns.append(TextColumn("{task.fields[rate]}"))
     columns += [TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=err, transient=False) as progress:
-        task = progress.add_task(description, total=total, rate="")
+    progress = Progress(*columns, console=err, transient=False)
+    task = progress.add_task(description, total=total, rate="")
 
-        def advance(n: int = 1) -> None:
-            progress.advance(task, n)
-            if unit:
-                speed = progress.tasks[task].speed
-                progress.update(task, rate=f"{speed:,.0f} {unit}/s" if speed else "")
+    def advance(n: int = 1) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        progress.advance(task, n)
+        if unit:
+            speed = progress.tasks[0].speed
+            progress.update(task, rate=f"{speed:,.0f} {unit}/s" if speed else "")
 
+    try:
         yield advance
+    finally:
+        if progress.live.is_started:
+            progress.stop()
 
 
 class RunDisplay:

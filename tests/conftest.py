@@ -120,7 +120,8 @@ def finished_suite(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("finished-suite")
     os.environ["GALBENCH_CACHE"] = str(tmp_path_factory.getbasetemp() / "galbench-cache")
     extra = '\n[[variant]]\nname = "faster"\nmodel = "alexnet-tiny"\ninit = "scratch"\ntrain = { lr = 0.004 }\n'
-    suite = write_suite(folder, name="finished", seeds=3, epochs=3, extra=extra)
+    data = 'synth = { n = 300, size = 64, seed = 0, classes = "elliptical,spiral,edge-on" }'
+    suite = write_suite(folder, name="finished", seeds=3, epochs=4, data=data, extra=extra)
     out = folder / "run"
     assert main(["run", str(suite), "--out", str(out), "--no-report"]) == 0
     return out
