@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -205,6 +206,38 @@ def _cmd_classify(args) -> None:
               f"({table.meta['PROVIDRS']}) at {table.meta['GAL_PER_S']:,.0f} galaxies/s; predicted {counts}")
 
 
+def _cmd_data_sdss(args) -> None:
+    from galbench import sdss
+    from galbench.catalog import write_catalog
+    from galbench.fileio import write_text_atomic
+
+    if args.catalog == "nair-abraham-2010":
+        raw = sdss.fetch_vizier(sdss.NAIR_ABRAHAM, base_url=args.vizier_url, timeout=args.timeout, retries=args.retries)
+        where = f"VizieR {sdss.NAIR_ABRAHAM}"
+    else:
+        raw, where = sdss.read_table(args.catalog), args.catalog
+    table = sdss.normalise_catalog(raw, where)
+    if args.limit:
+        table = table[: args.limit]
+    spec = sdss.CutoutSpec(width=args.width, height=args.height, release=args.release, base_url=args.skyserver_url)
+    with progress_bar("fetching cutouts", len(table), unit="images") as advance:
+        catalog, report, failed = sdss.build_catalog(
+            table, args.scheme, spec, scale=args.scale, scale_column=args.scale_column,
+            scale_factor=args.scale_factor, workers=args.workers, timeout=args.timeout, retries=args.retries,
+            progress=advance, source=f"SDSS {args.release} cutouts of {where}")
+    if len(catalog) == 0:
+        raise GalbenchError(f"no cutout could be fetched ({len(report.failed)} failed; first: "
+                            f"{report.failed[0][1] if report.failed else 'none'})", fix="check the network and URLs")
+    write_catalog(args.out, catalog)
+    failed_path = args.out.with_suffix(".failed.csv")
+    if len(failed):
+        buffer = io.StringIO()
+        failed.write(buffer, format="ascii.csv")
+        write_text_atomic(failed_path, buffer.getvalue())
+    err.print(f"wrote {len(catalog):,} galaxies to {args.out}: fetched {report.fetched}, cached {report.cached}, "
+              f"failed {len(report.failed)}" + (f" (listed in {failed_path})" if len(failed) else ""))
+
+
 def _count_csv_rows(path: Path) -> int:
     if not path.exists():
         raise GalbenchError("labels CSV not found", where=str(path), fix="pass --labels CSV")
@@ -288,6 +321,34 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     imp.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
     imp.set_defaults(handler=_cmd_data_import)
+
+    sdss = data_commands.add_parser(
+        "sdss", help="fetch a catalog's SDSS colour cutouts (needs a network connection)", formatter_class=formatter,
+        description="Fetch SDSS SkyServer colour cutouts for a catalog and write a catalog FITS file.\n"
+                    "Catalog: nair-abraham-2010 (VizieR J/ApJS/186/427, the paper's 14,034 galaxies) or a local\n"
+                    "FITS/CSV/VOTable with ra/dec (and optionally objid, label, ttype). Cutouts are cached, so a\n"
+                    "rerun fetches nothing twice; failed rows are listed in OUT.failed.csv.",
+        epilog="examples:\n"
+               "  galbench data sdss data/nair-abraham-2010.fits --catalog nair-abraham-2010 --scheme 3way\n"
+               "  galbench data sdss gz.fits --catalog my_galaxies.csv --width 128 --height 128 --scale 0.3\n"
+               "class schemes from T-type: 3way (elliptical T<=-4, lenticular -3..0, spiral 1..9),\n"
+               "  4way (+ irregular-other T>=10)")
+    sdss.add_argument("out", type=Path, help="output catalog FITS file")
+    sdss.add_argument("--catalog", default="nair-abraham-2010", help="nair-abraham-2010, or a table file")
+    sdss.add_argument("--scheme", default="3way", help="class scheme from T-type: 3way or 4way (default 3way)")
+    sdss.add_argument("--release", default="dr17", help="SDSS data release (default dr17)")
+    sdss.add_argument("--width", type=int, default=224, help="cutout width in pixels (default 224)")
+    sdss.add_argument("--height", type=int, default=224, help="cutout height in pixels (default 224)")
+    sdss.add_argument("--scale", type=float, default=0.4, help="fixed arcsec/pixel (default 0.4)")
+    sdss.add_argument("--scale-column", help="scale per galaxy from this size column (e.g. petroR90_r) ...")
+    sdss.add_argument("--scale-factor", type=float, default=0.024, help="... times this factor (default 0.024)")
+    sdss.add_argument("--workers", type=int, default=4, help="parallel requests (default 4: be polite)")
+    sdss.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    sdss.add_argument("--retries", type=int, default=3, help="retries on timeouts and 5xx (default 3)")
+    sdss.add_argument("--limit", type=int, help="only the first N rows")
+    sdss.add_argument("--vizier-url", help="VizieR base URL (or $GALBENCH_VIZIER_URL)")
+    sdss.add_argument("--skyserver-url", help="SkyServer base URL, {release} filled in (or $GALBENCH_SKYSERVER_URL)")
+    sdss.set_defaults(handler=_cmd_data_sdss)
 
     run = commands.add_parser(
         "run", help="train every (variant, seed) run of a suite and account for its cost",
