@@ -13,6 +13,7 @@ Reading is lazy: the image cube is a memory map, so opening a 10 GB file reads o
 
 from __future__ import annotations
 
+import mmap
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -192,3 +193,23 @@ def write_catalog(path: str | os.PathLike, catalog: Catalog, include_images: boo
 def labelled_subset(catalog: Catalog) -> np.ndarray:
     """Row indices whose label is known."""
     return np.flatnonzero(catalog.labels >= 0)
+
+
+def release_pages(images: np.ndarray, start: int, stop: int) -> None:
+    """Tell the OS that rows [start, stop) of a memory-mapped image cube are done with.
+
+    Pages of a file mapping that were read stay resident (and count in the process's memory) until the
+    kernel needs them; streaming a catalog larger than memory through once should not keep them. Dropping
+    them is always safe: a later read maps them in again from the file. A no-op for in-memory arrays.
+    """
+    base = images
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is None or not hasattr(base, "madvise") or stop <= start:
+        return
+    origin = np.frombuffer(base, dtype=np.uint8).ctypes.data
+    row_bytes = int(np.prod(images.shape[1:])) * images.itemsize
+    first = images.ctypes.data - origin + start * row_bytes
+    page = mmap.PAGESIZE
+    aligned = first - first % page
+    base.madvise(mmap.MADV_DONTNEED, aligned, first - aligned + (stop - start) * row_bytes)

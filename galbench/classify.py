@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from astropy.table import Table
 
-from galbench.catalog import Catalog, read_catalog, write_catalog
+from galbench.catalog import Catalog, read_catalog, release_pages, write_catalog
 from galbench.data import prepare_images
 from galbench.errors import GalbenchError
 from galbench.export import deployed_from_checkpoint, read_metadata
@@ -229,6 +229,8 @@ def classify(input_path: str | Path, model: str | Path | None = None, run: str |
             probabilities[lo:lo + len(images)] = engine(images)
             compute_seconds += time.perf_counter() - tick
             bad_rows[lo:lo + len(images)] = bad
+            if source.path_column is None:
+                release_pages(catalog.images, lo, lo + len(images))
             if progress:
                 progress(len(images))
         if done is not None:

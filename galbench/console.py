@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
@@ -15,7 +17,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-out = Console(soft_wrap=True)
+# Piped or redirected output (CI logs, files) gets a wide page rather than rich's 80 columns, so tables stay
+# readable; a terminal keeps its own width.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 160)))
 err = Console(stderr=True, soft_wrap=True)
 
 

@@ -1,0 +1,262 @@
+"""Figures that need more than a unit benchmark: how cost grows, and the GPU figures.
+
+    python -m galbench.bench scaling [--out reports/benchmarks]   classify 1k/10k/100k rows, train 1k-10k
+    python -m galbench.bench gpu [--out reports/benchmarks]       training, suite and classify figures on CUDA
+
+Each writes a JSON file named after the machine (and scaling a log-log plot) into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from galbench.catalog import Catalog, write_catalog
+from galbench.fileio import write_json_atomic
+from galbench.runner import cpu_name
+
+CLASSIFY_SCRIPT = """
+import resource, sys, time
+from galbench.classify import classify
+start = time.perf_counter()
+classify(sys.argv[1], model=sys.argv[2], out=sys.argv[3], backend=sys.argv[4], batch_size=int(sys.argv[5]))
+print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def machine_name() -> str:
+    """A file-name-safe name of the device the figures are measured on."""
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+
+
+def tiled(source: Catalog, rows: int) -> Catalog:
+    """`rows` rows made by repeating a source catalog (timing does not depend on the content)."""
+    index = np.arange(rows) % len(source)
+    table = source.table[index]
+    table["objid"] = np.arange(rows, dtype=np.int64)
+    return Catalog(table, source.classes, np.asarray(source.images)[index], source.bands, source.pixscale, "tiled")
+
+
+def _seed_catalog(size: int, n: int = 1000) -> Catalog:
+    from galbench.synth import SynthParams, synthesize
+
+    return synthesize(SynthParams(n=n, size=size, seed=0))
+
+
+def _model(folder: Path, sample: np.ndarray, size: int, classes: list[str], model: str) -> Path:
+    from galbench.export import export_onnx
+    from galbench.models import CHECKPOINT_FORMAT, build_model
+
+    torch.manual_seed(0)
+    network = build_model(model, len(classes))
+    torch.save({"format": CHECKPOINT_FORMAT, "model": model, "classes": classes, "image_size": size, "crop": 1.0,
+                "state_dict": network.state_dict(), "meta": {}}, folder / "model.pt")
+    export_onnx(folder / "model.pt", folder / "model.onnx", sample[:32])
+    return folder / "model.onnx"
+
+
+def classify_scaling(rows_list, folder: Path, source: Catalog, model_path: Path, backend: str, batch: int):
+    """Wall time and peak memory of `galbench classify`, each size in a fresh process."""
+    figures = []
+    for rows in rows_list:
+        path = folder / f"catalog-{rows}.fits"
+        write_catalog(path, tiled(source, rows))
+        output = subprocess.run([sys.executable, "-c", CLASSIFY_SCRIPT, str(path), str(model_path),
+                                 str(folder / f"out-{rows}.fits"), backend, str(batch)],
+                                check=True, capture_output=True, text=True).stdout.split()
+        seconds, peak_kib = float(output[-2]), int(output[-1])
+        figures.append({"rows": rows, "seconds": seconds, "galaxies_per_second": rows / seconds,
+                        "peak_rss_mb": peak_kib / 1024, "file_mb": path.stat().st_size / 1e6})
+        path.unlink()
+        (folder / f"out-{rows}.fits").unlink()
+        print(f"classify {rows:>7,} rows: {seconds:7.2f} s, {rows / seconds:9,.0f} galaxies/s, "
+              f"peak RSS {peak_kib / 1024:7.0f} MB", flush=True)
+    return figures
+
+
+def train_scaling(rows_list, source: Catalog, model: str, size: int, device: torch.device, batch: int):
+    """Seconds for one training epoch against the number of galaxies."""
+    from galbench.data import SplitImages
+    from galbench.suite import AugmentSection, TrainSection
+    from galbench.train import RunSpec, _Trainer
+
+    figures = []
+    for rows in rows_list:
+        catalog = tiled(source, rows)
+        split = SplitImages.build(catalog.images, np.arange(rows), catalog.labels, 1.0, size, device, 2**34)
+        with tempfile.TemporaryDirectory() as work:
+            spec = RunSpec("bench", 0, model, catalog.classes,
+                           TrainSection(optimizer="adamw", lr=1e-3, batch_size=batch, epochs=100, device=str(device),
+                                        precision="auto"),
+                           AugmentSection(), size, 1.0, [])
+            trainer = _Trainer(spec, split, split, Path(work), None)
+            trainer._eval_point = lambda step: None
+            trainer.begin_session()
+            trainer.train_one_epoch()  # warm-up
+            start = trainer.watch.now()
+            trainer.train_one_epoch()
+            seconds = trainer.watch.now() - start
+        figures.append({"rows": rows, "seconds": seconds, "images_per_second": rows / seconds})
+        print(f"train epoch {rows:>6,} galaxies: {seconds:7.2f} s, {rows / seconds:8,.0f} images/s", flush=True)
+    return figures
+
+
+def plot_scaling(result: dict, path: Path) -> None:
+    """Log-log plot of time against rows for classification and training, with memory on a second axis."""
+    from galbench.plots import figure_png, plt, save_png
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, label in (("classify", "classify (FITS to FITS)"), ("train", "train one epoch")):
+        rows = [f["rows"] for f in result[key]]
+        seconds = [f["seconds"] for f in result[key]]
+        left.loglog(rows, seconds, "o-", label=label)
+    reference = np.asarray([1e3, 1e5])
+    first = result["classify"][0]
+    left.loglog(reference, first["seconds"] * reference / first["rows"], "k:", label="linear")
+    left.set_xlabel("galaxies")
+    left.set_ylabel("seconds")
+    left.grid(alpha=0.3, which="both")
+    left.legend(fontsize=8)
+    right.semilogx([f["rows"] for f in result["classify"]], [f["peak_rss_mb"] for f in result["classify"]], "o-",
+                   label="peak RSS of classify")
+    right.semilogx([f["rows"] for f in result["classify"]], [f["file_mb"] for f in result["classify"]], "s--",
+                   label="catalog file size")
+    right.set_xlabel("galaxies")
+    right.set_ylabel("MB")
+    right.grid(alpha=0.3, which="both")
+    right.legend(fontsize=8)
+    fig.suptitle(f"how cost grows on {result['device']}", fontsize=9)
+    save_png(figure_png(fig), path)
+
+
+def scaling(out: Path, classify_rows=(1000, 10000, 100000), train_rows=(1000, 3000, 10000)) -> dict:
+    """The scaling figures on this machine (CPU unless CUDA is there)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    source = _seed_catalog(64)
+    with tempfile.TemporaryDirectory() as work:
+        folder = Path(work)
+        model_path = _model(folder, np.asarray(source.images), 64, source.classes, "alexnet-small")
+        result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
+                  "torch_threads": torch.get_num_threads(), "model": "alexnet-small", "image_size": 64,
+                  "classify": classify_scaling(classify_rows, folder, source, model_path, "auto", 256),
+                  "train": train_scaling(train_rows, source, "alexnet-small", 64, device, 64)}
+    name = machine_name()
+    write_json_atomic(out / f"scaling-{name}.json", result)
+    plot_scaling(result, out / f"scaling-{name}.png")
+    return result
+
+
+def gpu(out: Path, quick: bool = False) -> dict:
+    """Training (bf16, channels_last, with and without torch.compile), a 10-seed 2-arm suite, classify fp16."""
+    from galbench.data import Normalizer, SplitImages
+    from galbench.models import build_model
+    from galbench.suite import AugmentSection, TrainSection
+    from galbench.train import RunSpec, _Trainer
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    size, batch = (64, 32) if quick else (224, 512)
+    rows = 256 if quick else 8192
+    source = tiled(_seed_catalog(size, 64 if quick else 1000), rows)
+    split = SplitImages.build(source.images, np.arange(rows), source.labels, 1.0, size, device, 2**35)
+    result: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
+                    "torch": torch.__version__, "image_size": size, "batch_size": batch, "training": []}
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    for compiled in (False, True):
+        with tempfile.TemporaryDirectory() as work:
+            spec = RunSpec("bench", 0, "alexnet", source.classes,
+                           TrainSection(optimizer="sgd", lr=0.01, batch_size=batch, epochs=100, device=str(device),
+                                        precision=precision, channels_last=True, compile=compiled),
+                           AugmentSection(), size, 1.0, [])
+            trainer = _Trainer(spec, split, split, Path(work), None)
+            trainer._eval_point = lambda step: None
+            trainer.begin_session()
+            trainer.train_one_epoch()
+            start = trainer.watch.now()
+            trainer.train_one_epoch()
+            galbench_seconds = trainer.watch.now() - start
+        model = build_model("alexnet", len(source.classes)).to(device).to(memory_format=torch.channels_last)
+        step_model = torch.compile(model) if compiled else model
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        normalizer = Normalizer().to(device)
+
+        def bare_epoch(step_model=step_model, optimizer=optimizer, normalizer=normalizer):
+            order = torch.randperm(rows, device=device)
+            for start in range(0, rows, batch):
+                index = order[start:start + batch]
+                inputs = normalizer(split.resident[index]).contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    loss = torch.nn.functional.cross_entropy(step_model(inputs).float(), split.labels[index])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        bare_epoch()
+        start = time.perf_counter()
+        bare_epoch()
+        bare_seconds = time.perf_counter() - start
+        figure = {"compile": compiled, "galbench_images_per_second": rows / galbench_seconds,
+                  "bare_images_per_second": rows / bare_seconds, "ratio_to_bare": bare_seconds / galbench_seconds}
+        result["training"].append(figure)
+        print(json.dumps(figure), flush=True)
+    result["suite"] = _suite_wall_time(device, quick)
+    print(json.dumps(result["suite"]), flush=True)
+    with tempfile.TemporaryDirectory() as work:
+        folder = Path(work)
+        model_path = _model(folder, np.asarray(source.images), size, source.classes, "alexnet")
+        figures = classify_scaling([rows], folder, source, model_path, "torch", 64 if quick else 1024)
+        result["classify_torch_fp16" if device.type == "cuda" else "classify_torch_cpu"] = figures[0]
+    write_json_atomic(out / f"{machine_name()}.json", result)
+    return result
+
+
+def _suite_wall_time(device: torch.device, quick: bool) -> dict:
+    """Wall time of a 10-seed, 2-arm suite on a 4,000-galaxy simulated catalog at 224 px (scaled down if quick)."""
+    from galbench.runner import run_suite
+    from galbench.suite import Suite
+
+    n, size, seeds, epochs = (120, 64, 2, 1) if quick else (4000, 224, 10, 10)
+    raw = {"suite": {"name": "gpu-bench", "seeds": seeds, "thresholds": [0.7, 0.8, 0.9]},
+           "data": {"synth": {"n": n, "size": size, "seed": 0}, "image_size": size},
+           "train": {"optimizer": "sgd", "lr": 0.01, "batch_size": 32 if quick else 256, "epochs": epochs,
+                     "evals_per_epoch": 2, "channels_last": True, "device": str(device)},
+           "variant": [{"name": "scratch", "model": "alexnet", "init": "scratch"},
+                       {"name": "scratch-lowlr", "model": "alexnet", "init": "scratch", "train": {"lr": 0.003}}]}
+    suite = Suite.model_validate(raw)
+    with tempfile.TemporaryDirectory() as work:
+        start = time.perf_counter()
+        run_suite(suite, Path(work), out=Path(work) / "run")
+        seconds = time.perf_counter() - start
+    return {"galaxies": n, "image_size": size, "seeds": seeds, "arms": 2, "epochs": epochs, "wall_seconds": seconds}
+
+
+def main(argv=None) -> int:
+    """Command line: `scaling` or `gpu`."""
+    parser = argparse.ArgumentParser(prog="python -m galbench.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", choices=["scaling", "gpu"])
+    parser.add_argument("--out", type=Path, default=Path("reports/benchmarks"))
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the code path, not a figure")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.which == "scaling":
+        sizes = ((200, 400), (100, 200)) if args.quick else ((1000, 10000, 100000), (1000, 3000, 10000))
+        scaling(args.out, *sizes)
+    else:
+        gpu(args.out, quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

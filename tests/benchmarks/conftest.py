@@ -1,0 +1,47 @@
+"""Benchmark fixtures: small, fixed workloads sized for the 2-core CI machine (the whole run under 10 minutes)."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from galbench.catalog import Catalog, write_catalog
+from galbench.runner import cpu_name
+from galbench.synth import SynthParams, synthesize
+
+
+def device_name() -> str:
+    """The machine a figure was measured on."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{cpu_name()} ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+@pytest.fixture(scope="session")
+def sim_images() -> Catalog:
+    """600 simulated galaxies at 64 px (3 classes), generated once per benchmark session."""
+    return synthesize(SynthParams(n=600, size=64, seed=0), workers=None)
+
+
+@pytest.fixture(scope="session")
+def sim_file(sim_images, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bench") / "sim.fits"
+    write_catalog(path, sim_images)
+    return path
+
+
+def tiled_catalog(source: Catalog, rows: int) -> Catalog:
+    """A catalog of `rows` rows made by repeating `source` (for timing: the content does not matter)."""
+    index = np.arange(rows) % len(source)
+    table = source.table[index]
+    table["objid"] = np.arange(rows, dtype=np.int64)
+    return Catalog(table, source.classes, np.asarray(source.images)[index], source.bands, source.pixscale, "tiled")
+
+
+def record(benchmark, **figures) -> None:
+    """Put domain figures (images/s, ratios, device) into the benchmark's extra_info."""
+    benchmark.extra_info.update({"device": device_name(), **figures})

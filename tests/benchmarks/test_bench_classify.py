@@ -1,0 +1,115 @@
+"""Export and classification: end to end (FITS on disk to FITS on disk) against the bare backend forward."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from galbench.catalog import read_catalog, write_catalog
+from galbench.classify import classify
+from galbench.export import export_onnx
+from galbench.models import CHECKPOINT_FORMAT, build_model
+from tests.benchmarks.conftest import record, tiled_catalog
+
+BATCH = 256
+MIN_END_TO_END_RATIO = 0.8
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, sim_images):
+    folder = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    model = build_model("alexnet-small", 3)
+    checkpoint = {"format": CHECKPOINT_FORMAT, "model": "alexnet-small", "classes": sim_images.classes,
+                  "image_size": 64, "crop": 1.0, "state_dict": model.state_dict(), "meta": {}}
+    torch.save(checkpoint, folder / "model.pt")
+    export_onnx(folder / "model.pt", folder / "model.onnx", np.asarray(sim_images.images[:32]))
+    return folder / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def catalog_file(tmp_path_factory, sim_images):
+    path = tmp_path_factory.mktemp("classify") / "catalog.fits"
+    write_catalog(path, tiled_catalog(sim_images, 6000))
+    return path
+
+
+def test_onnx_export(benchmark, sim_images, tmp_path, exported):
+    benchmark.group = "ONNX export (with parity check)"
+    benchmark.pedantic(export_onnx, args=(exported.with_suffix(".pt"), tmp_path / "again.onnx",
+                                          np.asarray(sim_images.images[:32])), rounds=3, iterations=1)
+    record(benchmark, seconds=benchmark.stats.stats.median)
+
+
+def _bare_onnxruntime(model_path, images):
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+
+    def run():
+        for start in range(0, len(images), BATCH):
+            session.run(["probabilities"], {"images": images[start:start + BATCH]})
+
+    return run
+
+
+def test_classify_end_to_end_against_bare_forward(benchmark, exported, catalog_file, tmp_path):
+    images = np.ascontiguousarray(read_catalog(catalog_file).images)
+    bare = _bare_onnxruntime(exported, images)
+    bare()
+    bare_seconds = statistics.median(_timed(bare) for _ in range(3))
+    benchmark.group = "classify 6,000 galaxies (64 px)"
+    benchmark.pedantic(classify, args=(catalog_file,), kwargs={"model": exported, "out": tmp_path / "out.fits",
+                                                               "backend": "onnxruntime", "batch_size": BATCH},
+                       rounds=3, iterations=1, warmup_rounds=1)
+    seconds = benchmark.stats.stats.median
+    ratio = bare_seconds / seconds
+    record(benchmark, images_per_second=len(images) / seconds, bare_images_per_second=len(images) / bare_seconds,
+           ratio_to_bare=ratio)
+    assert ratio >= MIN_END_TO_END_RATIO, ratio
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_bare_backend_forward(benchmark, exported, catalog_file, backend):
+    images = np.ascontiguousarray(read_catalog(catalog_file).images)
+    if backend == "onnxruntime":
+        run = _bare_onnxruntime(exported, images)
+    else:
+        from galbench.export import deployed_from_checkpoint
+        from galbench.models import load_checkpoint
+
+        model = deployed_from_checkpoint(load_checkpoint(exported.with_suffix(".pt")))
+
+        @torch.inference_mode()
+        def run():
+            for start in range(0, len(images), BATCH):
+                model(torch.from_numpy(images[start:start + BATCH]))
+
+    benchmark.group = "bare forward, 6,000 galaxies (64 px)"
+    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    record(benchmark, images_per_second=len(images) / benchmark.stats.stats.median, backend=backend)
+
+
+def test_onnxruntime_cpu_against_torch_cpu_end_to_end(benchmark, exported, catalog_file):
+    if torch.cuda.is_available():
+        pytest.skip("compares the CPU backends; on a GPU machine auto picks torch on CUDA")
+
+    def run(backend):
+        return classify(catalog_file, model=exported, backend=backend, batch_size=BATCH)
+
+    run("torch")
+    torch_seconds = statistics.median(_timed(lambda: run("torch")) for _ in range(3))
+    benchmark.group = "classify backends on the CPU"
+    benchmark.pedantic(run, args=("onnxruntime",), rounds=3, iterations=1, warmup_rounds=1)
+    ratio = torch_seconds / benchmark.stats.stats.median
+    record(benchmark, onnxruntime_over_torch_speed=ratio)
+    assert ratio >= 0.95, ratio  # ONNX Runtime at least as fast as torch, within timing noise
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
