@@ -136,8 +136,9 @@ class _Source:
     def batch(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Prepared uint8 images of rows [start, stop) and a mask of rows that could not be read."""
         if self.path_column is None:
-            return prepare_images(self.catalog.images[start:stop], self.crop, self.size).numpy(), \
-                np.zeros(stop - start, bool)
+            # copy out of the memory map here, in the prefetch thread, so page faults overlap inference
+            rows = np.array(self.catalog.images[start:stop])
+            return prepare_images(rows, self.crop, self.size).numpy(), np.zeros(stop - start, bool)
         from galbench.importers import load_image
 
         images = np.zeros((stop - start, 3, self.size, self.size), np.uint8)

@@ -127,26 +127,31 @@ class SplitImages:
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, flips: bool, rot90: bool, shift: int) -> torch.Tensor:
-    """Random dihedral transforms (flips, 90-degree turns) and small shifts, per sample, on the device."""
-    batch = images.shape[0]
-    draws = torch.rand((batch, 3), generator=generator, device=generator.device).to(images.device)
-    if rot90:  # a transpose plus the two flips below reach all 8 symmetries of the square
-        turn = (draws[:, 0] < 0.5).view(-1, 1, 1, 1)
-        images = torch.where(turn, images.transpose(-1, -2), images)
-    if flips or rot90:
-        images = torch.where((draws[:, 1] < 0.5).view(-1, 1, 1, 1), images.flip(-1), images)
-        images = torch.where((draws[:, 2] < 0.5).view(-1, 1, 1, 1), images.flip(-2), images)
-    if shift:
-        size, channels = images.shape[-1], images.shape[1]
-        offsets = torch.randint(0, 2 * shift + 1, (batch, 2), generator=generator, device=generator.device)
-        offsets = offsets.to(images.device)
-        padded = F.pad(images.float(), (shift, shift, shift, shift), mode="replicate").to(images.dtype)
-        span = torch.arange(size, device=images.device)
-        row_index = (span[None, :] + offsets[:, :1]).view(batch, 1, size, 1)
-        col_index = (span[None, :] + offsets[:, 1:]).view(batch, 1, 1, size)
-        padded = padded.gather(2, row_index.expand(-1, channels, -1, padded.shape[-1]))
-        images = padded.gather(3, col_index.expand(-1, channels, size, -1))
-    return images
+    """Random dihedral transforms (flips, 90-degree turns) and small shifts, per sample, on the device.
+
+    Every one of these moves pixels without changing them, so the composition is one index map per sample
+    and the whole batch is transformed by a single gather (edges are replicated where a shift uncovers them).
+    """
+    batch, channels, height, width = images.shape
+    if not (flips or rot90 or shift):
+        return images
+    device = images.device
+    draws = torch.rand((batch, 3), generator=generator, device=generator.device).to(device) < 0.5
+    turn = draws[:, 0] & rot90 & (height == width)  # a transpose plus the flips reach all 8 symmetries
+    flip_x, flip_y = draws[:, 1] & (flips or rot90), draws[:, 2] & (flips or rot90)
+    offsets = torch.randint(0, 2 * shift + 1, (batch, 2), generator=generator, device=generator.device).to(device) \
+        - shift if shift else torch.zeros((batch, 2), dtype=torch.long, device=device)
+    # shifts and flips act on rows and columns separately: build them as (B, H) and (B, W) vectors
+    a = (torch.arange(height, device=device) + offsets[:, :1]).clamp(0, height - 1)
+    b = (torch.arange(width, device=device) + offsets[:, 1:]).clamp(0, width - 1)
+    a = torch.where(flip_y.view(-1, 1), height - 1 - a, a)
+    b = torch.where(flip_x.view(-1, 1), width - 1 - b, b)
+    # a transpose swaps which of the two picks the source row: flat index = row * width + column
+    row_weight = torch.where(turn, 1, width).view(-1, 1, 1)
+    col_weight = torch.where(turn, width, 1).view(-1, 1, 1)
+    index = (a.view(batch, height, 1) * row_weight + b.view(batch, 1, width) * col_weight)
+    index = index.view(batch, 1, height * width).expand(batch, channels, -1)
+    return images.reshape(batch, channels, height * width).gather(2, index).view(batch, channels, height, width)
 
 
 class Normalizer(torch.nn.Module):

@@ -35,7 +35,7 @@ def exported(tmp_path_factory, sim_images):
 @pytest.fixture(scope="module")
 def catalog_file(tmp_path_factory, sim_images):
     path = tmp_path_factory.mktemp("classify") / "catalog.fits"
-    write_catalog(path, tiled_catalog(sim_images, 6000))
+    write_catalog(path, tiled_catalog(sim_images, 20000))
     return path
 
 
@@ -61,7 +61,7 @@ def test_classify_end_to_end_against_bare_forward(benchmark, exported, catalog_f
     bare = _bare_onnxruntime(exported, images)
     bare()
     bare_seconds = statistics.median(_timed(bare) for _ in range(3))
-    benchmark.group = "classify 6,000 galaxies (64 px)"
+    benchmark.group = "classify 20,000 galaxies (64 px)"
     benchmark.pedantic(classify, args=(catalog_file,), kwargs={"model": exported, "out": tmp_path / "out.fits",
                                                                "backend": "onnxruntime", "batch_size": BATCH},
                        rounds=3, iterations=1, warmup_rounds=1)
@@ -88,7 +88,7 @@ def test_bare_backend_forward(benchmark, exported, catalog_file, backend):
             for start in range(0, len(images), BATCH):
                 model(torch.from_numpy(images[start:start + BATCH]))
 
-    benchmark.group = "bare forward, 6,000 galaxies (64 px)"
+    benchmark.group = "bare forward, 20,000 galaxies (64 px)"
     benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
     record(benchmark, images_per_second=len(images) / benchmark.stats.stats.median, backend=backend)
 
