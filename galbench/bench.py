@@ -24,12 +24,16 @@ from galbench.catalog import Catalog, write_catalog
 from galbench.fileio import write_json_atomic
 from galbench.runner import cpu_name
 
+# Peak memory is the process's VmHWM: unlike getrusage's ru_maxrss, it is not inherited from the parent
+# across fork and exec, so the parent's large test catalogs do not count.
 CLASSIFY_SCRIPT = """
-import resource, sys, time
+import sys, time
 from galbench.classify import classify
 start = time.perf_counter()
 classify(sys.argv[1], model=sys.argv[2], out=sys.argv[3], backend=sys.argv[4], batch_size=int(sys.argv[5]))
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+seconds = time.perf_counter() - start
+peak = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(seconds, peak)
 """
 
 

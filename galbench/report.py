@@ -47,18 +47,14 @@ def catalog_info_table(catalog: Catalog) -> RichTable:
     return table
 
 
-def _median_or_dash(values: list[float]) -> str:
-    return f"{np.median(values):.2f}" if values else "-"
-
-
 def run_summary_table(results: list[dict], thresholds: list[float], title: str = "suite summary") -> RichTable:
-    """One row per variant: runs, test accuracy, and median epochs to each threshold (reached n/N)."""
+    """One row per variant: runs, test accuracy, and the Kaplan-Meier median epochs to each threshold."""
     table = RichTable(title=title, title_justify="left")
     table.add_column("variant", style="bold")
     table.add_column("runs", justify="right")
     table.add_column("test acc (mean ± sd)", justify="right")
     for threshold in thresholds:
-        table.add_column(f"epochs to {threshold:g}\n(median, reached)", justify="right")
+        table.add_column(f"epochs to {threshold:g}\n(KM median, reached)", justify="right")
     variants = list(dict.fromkeys(r["variant"] for r in results))
     for variant in variants:
         runs = [r for r in results if r["variant"] == variant]
@@ -67,9 +63,9 @@ def run_summary_table(results: list[dict], thresholds: list[float], title: str =
             if accuracies.size else "-"
         cells = []
         for threshold in thresholds:
-            hits = [r["thresholds"][str(threshold)] for r in runs]
-            reached = [h["epochs"] for h in hits if h["reached"]]
-            cells.append(f"{_median_or_dash(reached)} ({len(reached)}/{len(hits)})")
+            reached = sum(r["thresholds"][str(threshold)]["reached"] for r in runs)
+            median = stats.cost_medians(runs, variant, threshold)["epochs"]
+            cells.append(f"{_fmt(median)} ({reached}/{len(runs)})")
         table.add_row(variant, str(len(runs)), accuracy, *cells)
     return table
 
@@ -174,6 +170,15 @@ def _marker(p) -> str:
     return "*" if p is not None and p < SIGNIFICANCE else ""
 
 
+def _ratio_text(comparison: stats.ThresholdComparison) -> str:
+    """Median ratio with its interval; where the baseline's median is never reached, say so instead of 0."""
+    if np.isinf(comparison.baseline_km.median):
+        return "baseline median not reached"
+    low, high = comparison.ratio_ci
+    return (f"{_fmt(comparison.median_ratio, infinite='inf')} [{_fmt(low, infinite='inf')}, "
+            f"{_fmt(high, infinite='inf')}]")
+
+
 def threshold_rows(report: SuiteReport, threshold: float) -> list[dict]:
     """The per-threshold table as plain rows (shared by the terminal, Markdown and HTML renderers)."""
     rows = []
@@ -195,9 +200,7 @@ def threshold_rows(report: SuiteReport, threshold: float) -> list[dict]:
             "pflops": _fmt_cost(flops, 1e-15),
             "pflops_with_pretraining": _fmt_cost(None if flops is None else flops + share["train_flops"], 1e-15)
             if pre else "",
-            "ratio": "baseline" if comparison is None else
-            f"{_fmt(comparison.median_ratio, infinite='inf')} [{_fmt(comparison.ratio_ci[0], infinite='inf')}, "
-            f"{_fmt(comparison.ratio_ci[1], infinite='inf')}]",
+            "ratio": "baseline" if comparison is None else _ratio_text(comparison),
             "p_improvement": "" if comparison is None or comparison.probability_of_improvement is None
             else f"{comparison.probability_of_improvement:.2f}",
             "logrank_p": "" if comparison is None else _fmt_p(comparison.logrank_p),
@@ -250,9 +253,7 @@ def verdicts(report: SuiteReport) -> list[str]:
         speed = (f"{variant} reached {threshold:g} validation accuracy in {comparison.km.n_reached} of "
                  f"{comparison.km.n} runs, median {_fmt(comparison.km.median)} epochs, against "
                  f"{comparison.baseline_km.n_reached} of {comparison.baseline_km.n} runs and "
-                 f"{_fmt(comparison.baseline_km.median)} epochs for {base} (ratio "
-                 f"{_fmt(comparison.median_ratio, infinite='inf')}, 95% CI {_fmt(comparison.ratio_ci[0], infinite='inf')}"
-                 f" to {_fmt(comparison.ratio_ci[1], infinite='inf')}; "
+                 f"{_fmt(comparison.baseline_km.median)} epochs for {base} (median ratio {_ratio_text(comparison)}; "
                  f"probability that a {variant} run is faster: {_fmt(comparison.probability_of_improvement)}).")
         if not comparison.assessed:
             judgement = f" With fewer than {stats.MIN_SEEDS} seeds per arm, significance is not assessed."

@@ -121,3 +121,14 @@ def test_table_with_bad_label_dtype_is_rejected(cli, tmp_path):
     table = Table({"objid": np.arange(12), "label": np.linspace(0, 1, 12)})
     path = _write_raw(tmp_path / "float_labels.fits", images=GOOD_IMAGES, table=table)
     _assert_one_line_error(cli("data", "info", path), "'label' has dtype float64")
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    target = tmp_path / "perm.fits"
+    write_catalog(target, make_catalog())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
