@@ -1,0 +1,23 @@
+"""The figure scripts run end to end (tiny sizes on the CPU: this checks the code, it measures nothing)."""
+
+from __future__ import annotations
+
+import json
+
+from galbench import bench
+
+
+def test_scaling_script_writes_figures_and_plot(tmp_path):
+    result = bench.scaling(tmp_path, classify_rows=(100, 300), train_rows=(100, 200))
+    name = bench.machine_name()
+    stored = json.loads((tmp_path / f"scaling-{name}.json").read_text())
+    assert [f["rows"] for f in stored["classify"]] == [100, 300] and [f["rows"] for f in stored["train"]] == [100, 200]
+    assert all(f["seconds"] > 0 and f["peak_rss_mb"] > 50 for f in result["classify"])
+    assert (tmp_path / f"scaling-{name}.png").stat().st_size > 1000
+
+
+def test_gpu_script_quick_path_on_this_machine(tmp_path):
+    result = bench.gpu(tmp_path, quick=True)
+    stored = json.loads((tmp_path / f"{bench.machine_name()}.json").read_text())
+    assert stored["training"][0]["ratio_to_bare"] > 0 and stored["suite"]["seeds"] == 2
+    assert result["suite"]["wall_seconds"] > 0
