@@ -184,8 +184,8 @@ def resolve_model(model: Path | None, run_dir: Path | None) -> Path:
 
 def classify(input_path: str | Path, model: str | Path | None = None, run: str | Path | None = None,
              out: str | Path | None = None, backend: str = "auto", batch_size: int = 256, resume: bool = False,
-             skip_bad: bool = False, copy_images: bool = False,
-             progress: Callable[[int], None] | None = None) -> Table:
+             skip_bad: bool = False, copy_images: bool = False, progress: Callable[[int], None] | None = None,
+             executor: str = "local", address: str | None = None) -> Table:
     """Classify every galaxy of a catalog FITS file; returns the output table (and writes it if `out`)."""
     input_path = Path(input_path)
     model_path = resolve_model(Path(model) if model else None, Path(run) if run else None)
@@ -202,7 +202,9 @@ def classify(input_path: str | Path, model: str | Path | None = None, run: str |
                             where=str(input_path))
     if batch_size < 1:
         raise GalbenchError("--batch-size must be at least 1")
-    engine = choose_backend(backend, model_path, meta, batch_size)
+    if executor == "ray" and backend == "torch":
+        raise GalbenchError("the Ray executor classifies with ONNX Runtime", fix="use --backend auto or onnxruntime")
+    engine = choose_backend("onnxruntime" if executor == "ray" else backend, model_path, meta, batch_size)
     source = _Source(catalog, meta["input_size"], meta["crop"], path_column, skip_bad)
     n_rows = len(catalog)
     partial = Path(str(out) + ".partial") if out else None
@@ -215,7 +217,8 @@ def classify(input_path: str | Path, model: str | Path | None = None, run: str |
         write_json_atomic(partial / "manifest.json", manifest)
     probabilities = np.zeros((n_rows, len(meta["classes"])), np.float32)
     bad_rows = np.zeros(n_rows, bool)
-    compute_seconds, start_wall = 0.0, time.perf_counter()
+    start_wall = time.perf_counter()
+    todo = []
     for chunk_start in range(0, n_rows, CHUNK_ROWS):
         chunk_stop = min(chunk_start + CHUNK_ROWS, n_rows)
         done = partial / f"rows_{chunk_start:012d}.npz" if partial else None
@@ -224,23 +227,23 @@ def classify(input_path: str | Path, model: str | Path | None = None, run: str |
             probabilities[chunk_start:chunk_stop], bad_rows[chunk_start:chunk_stop] = stored["p"], stored["bad"]
             if progress:
                 progress(chunk_stop - chunk_start)
-            continue
-        for lo, images, bad in _batches(source, chunk_start, chunk_stop, batch_size):
-            tick = time.perf_counter()
-            probabilities[lo:lo + len(images)] = engine(images)
-            compute_seconds += time.perf_counter() - tick
-            bad_rows[lo:lo + len(images)] = bad
-            if source.path_column is None:
-                release_pages(catalog.images, lo, lo + len(images))
-            if progress:
-                progress(len(images))
-        if done is not None:
+        else:
+            todo.append((chunk_start, chunk_stop))
+    if executor == "ray":
+        finished = _ray_chunks(todo, source, model_path, meta, batch_size, address, progress)
+    else:
+        finished = (_local_chunk(engine, source, lo, hi, batch_size, progress) for lo, hi in todo)
+    for chunk_start, chunk_stop, chunk_probabilities, chunk_bad in finished:
+        probabilities[chunk_start:chunk_stop], bad_rows[chunk_start:chunk_stop] = chunk_probabilities, chunk_bad
+        if partial is not None:
+            done = partial / f"rows_{chunk_start:012d}.npz"
             tmp = done.with_suffix(".tmp.npz")
-            np.savez(tmp, p=probabilities[chunk_start:chunk_stop], bad=bad_rows[chunk_start:chunk_stop])
+            np.savez(tmp, p=chunk_probabilities, bad=chunk_bad)
             tmp.rename(done)
     wall = time.perf_counter() - start_wall
     table = _output_table(catalog.table, meta["classes"], probabilities, bad_rows, skip_bad)
-    table.meta.update({"MODELSHA": manifest["model_sha256"], "BACKEND": engine.name,
+    table.meta.update({"MODELSHA": manifest["model_sha256"],
+                       "BACKEND": engine.name + (" on ray" if executor == "ray" else ""),
                        "PROVIDRS": ",".join(engine.providers), "GAL_PER_S": round(n_rows / max(wall, 1e-9), 1),
                        "MODEL": model_path.name})
     if out is not None:
@@ -249,6 +252,58 @@ def classify(input_path: str | Path, model: str | Path | None = None, run: str |
         write_catalog(out, result, include_images=copy_images)
         shutil.rmtree(partial, ignore_errors=True)
     return table
+
+
+def _local_chunk(engine, source: _Source, start: int, stop: int, batch_size: int, progress):
+    """Classify rows [start, stop) here, batch by batch; returns (start, stop, probabilities, bad)."""
+    parts, bads = [], []
+    for lo, images, bad in _batches(source, start, stop, batch_size):
+        parts.append(engine(images))
+        bads.append(bad)
+        if source.path_column is None:
+            release_pages(source.catalog.images, lo, lo + len(images))
+        if progress:
+            progress(len(images))
+    return start, stop, np.concatenate(parts), np.concatenate(bads)
+
+
+def _remote_classify(model_bytes: bytes, input_size: int, batch_size: int, images: np.ndarray) -> np.ndarray:
+    """Body of a Ray task: ONNX Runtime on one shard of prepared images."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="galbench-classify-") as work:
+        path = Path(work) / "model.onnx"
+        path.write_bytes(model_bytes)
+        engine = OnnxRuntimeBackend(path, batch_size, input_size)
+        return np.concatenate([engine(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def _ray_chunks(todo, source: _Source, model_path: Path, meta: dict, batch_size: int, address, progress):
+    """Classify shards as Ray tasks where workers are free; yield them in row order as they complete."""
+    from galbench.executors import connect_ray
+
+    ray = connect_ray(address)
+    remote = ray.remote(num_cpus=1)(_remote_classify)
+    model_ref = ray.put(model_path.read_bytes())
+    in_flight = max(2, int(ray.cluster_resources().get("CPU", 2)))
+    pending: dict = {}
+    finished: dict[int, tuple] = {}
+    queue = list(todo)
+    next_index = 0
+    while queue or pending:
+        while queue and len(pending) < in_flight:
+            start, stop = queue.pop(0)
+            images, bad = source.batch(start, stop)
+            pending[remote.remote(model_ref, meta["input_size"], batch_size, images)] = (start, stop, bad)
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            start, stop, bad = pending.pop(ref)
+            finished[start] = (start, stop, ray.get(ref), bad)
+            if progress:
+                progress(stop - start)
+        while next_index < len(todo) and todo[next_index][0] in finished:
+            yield finished.pop(todo[next_index][0])
+            next_index += 1
 
 
 def _manifest_matches(partial: Path, manifest: dict) -> bool:

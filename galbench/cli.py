@@ -89,6 +89,10 @@ def _cmd_run(args) -> None:
     overrides = list(args.set or [])
     if args.seeds is not None:
         overrides.append(f"suite.seeds={args.seeds}")
+    if args.executor is not None:
+        overrides.append(f"executor.kind='{args.executor}'")
+    if args.address is not None:
+        overrides.append(f"executor.address='{args.address}'")
     suite, base = load_suite(args.suite, overrides)
     with RunDisplay() as display:
         out_dir, results = run_suite(suite, base, out=args.out, device_override=args.device, display=display)
@@ -200,7 +204,8 @@ def _cmd_classify(args) -> None:
     with progress_bar("classifying", rows, unit="galaxies") as advance:
         table = classify(args.input, model=args.model, run=args.run, out=output, backend=args.backend,
                          batch_size=args.batch_size, resume=args.resume, skip_bad=args.skip_bad,
-                         copy_images=args.copy_images, progress=advance)
+                         copy_images=args.copy_images, progress=advance, executor=args.executor,
+                         address=args.address)
     counts = {str(name): int((table["pred_class"] == name).sum()) for name in dict.fromkeys(table["pred_class"])}
     err.print(f"wrote {output}: {len(table):,} galaxies with {table.meta['BACKEND']} "
               f"({table.meta['PROVIDRS']}) at {table.meta['GAL_PER_S']:,.0f} galaxies/s; predicted {counts}")
@@ -365,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", help="seed count (5) or list ([0,3,7]), overriding suite.seeds")
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N, overriding train.device")
     run.add_argument("--out", type=Path, help="run directory (default reports/<suite>/<hash>)")
+    run.add_argument("--executor", choices=["local", "ray"], help="where runs execute (default: the suite's, local)")
+    run.add_argument("--address", help="Ray cluster: auto or ray://HOST:PORT (default: a Ray started here)")
     run.add_argument("--no-report", action="store_true", help="skip the report at the end")
     run.set_defaults(handler=_cmd_run)
 
@@ -442,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--resume", action="store_true", help="reuse finished chunks of an interrupted run")
     classify.add_argument("--skip-bad", action="store_true", help="flag unreadable image rows and go on")
     classify.add_argument("--copy-images", action="store_true", help="copy the IMAGES HDU into the output")
+    classify.add_argument("--executor", default="local", choices=["local", "ray"],
+                          help="ray: classify row shards of 8,192 galaxies on a Ray cluster's workers")
+    classify.add_argument("--address", help="Ray cluster: auto or ray://HOST:PORT (default: a Ray started here)")
     classify.set_defaults(handler=_cmd_classify)
 
     models = commands.add_parser("models", help="list the registered models")

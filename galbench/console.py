@@ -91,6 +91,11 @@ class RunDisplay:
         elif event["event"] == "threshold_reached":
             self.reached += f" {event['threshold']:g}@{event['epochs']:g}"
 
+    def remote_event(self, run_name: str, event: dict) -> None:
+        """A live line for runs on other machines: the latest evaluation of any of them."""
+        self.progress.update(self.runs_task, note=f"{run_name} epoch {event['epochs']:.1f}: "
+                                                  f"val acc {event['val_accuracy']:.3f}")
+
     def end_run(self, result: dict) -> None:
         self.progress.advance(self.runs_task, 1)
         test = result.get("test_accuracy")

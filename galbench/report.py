@@ -119,6 +119,8 @@ def load_report(run_dir: str | Path) -> SuiteReport:
         if not any(e["event"] == "run_start" for e in events):
             continue
         result = results_from_events(events, thresholds)
+        retries = log.parent / "retries.json"
+        result["retries"] = json.loads(retries.read_text())["retries"] if retries.exists() else 0
         if result["finished"]:
             runs.append(result)
     if not runs:
@@ -306,6 +308,9 @@ def terminal_report(report: SuiteReport) -> list:
                              accuracy_rows(report)))
     for text in verdicts(report):
         parts.append(text + "\n")
+    retried = [f"{r['variant']} seed {r['seed']}: {r['retries']}" for r in report.runs if r.get("retries")]
+    if retried:
+        parts.append("runs retried after a worker failure: " + ", ".join(retried))
     env = report.environment
     parts.append(f"measured on {env.get('device_name')} ({env.get('device')}), torch {env.get('torch')}, "
                  f"precision {env.get('precision')}")
@@ -363,6 +368,11 @@ def markdown_report(report: SuiteReport, image_names: list[str]) -> str:
     lines += ["## Final test accuracy", "", _markdown_table(ACCURACY_COLUMNS, accuracy_rows(report)), ""]
     if any(r["init"].startswith("imagenet") for r in report.runs):
         lines += [IMAGENET_NOTE, ""]
+    retried = [f"{r['variant']} seed {r['seed']} ({r['retries']} {'retry' if r['retries'] == 1 else 'retries'})"
+               for r in report.runs if r.get("retries")]
+    if retried:
+        lines += ["Runs retried after a worker failure (each resumed from its last checkpoint): "
+                  + ", ".join(retried) + ".", ""]
     lines += ["## Plots", ""] + [f"![{name}]({name})\n" for name in image_names]
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import platform
 from dataclasses import dataclass
@@ -24,7 +25,6 @@ from galbench.fileio import cache_dir, content_hash, write_json_atomic, write_te
 from galbench.models import imagenet_state_dict, load_checkpoint
 from galbench.suite import Suite, SynthSection, Variant
 from galbench.train import RunSpec, resolve_device, resolve_precision
-from galbench.train import run as train_run
 
 
 @dataclass
@@ -130,8 +130,10 @@ def default_out_dir(suite: Suite) -> Path:
 
 
 def run_suite(suite: Suite, base: Path, out: Path | None = None, device_override: str | None = None,
-              display=None) -> tuple[Path, list[dict]]:
+              display=None, executor=None) -> tuple[Path, list[dict]]:
     """Train every (variant, seed) run of a suite, skipping finished runs; returns the run dir and results."""
+    from galbench.executors import RunJob, make_executor
+
     out = Path(out) if out else default_out_dir(suite)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device_override or suite.train.device)
@@ -144,38 +146,48 @@ def run_suite(suite: Suite, base: Path, out: Path | None = None, device_override
     write_json_atomic(out / "environment.json", environment(device, precision))
     write_json_atomic(out / "split.json", {"classes": data.classes, "train": data.train.rows, "val": data.val.rows,
                                            "test": data.test.rows})
-    results: list[dict] = []
-    jobs = [(variant, seed) for variant in suite.variant for seed in suite.suite.seeds]
-    # every init is resolved (files read, pretraining done) before the first run trains
-    inits = {variant.name: resolve_init(variant, suite, base, device, display) for variant in suite.variant}
+    if executor is None:
+        cfg = suite.executor
+        executor = make_executor(cfg.kind, cfg.address, cfg.cpus_per_run, cfg.gpus_per_run, cfg.max_retries)
+    # every init is resolved (files read, pretraining started) before the first run trains
+    inits = executor.resolve_inits(suite, base, device, display)
     # runs that share one pretraining (same init, model and fractal parameters) share its cost
     init_keys = {v.name: (v.init, v.model, v.fractal) for v in suite.variant}
     shared_by = {v.name: len(suite.suite.seeds) * list(init_keys.values()).count(init_keys[v.name])
                  for v in suite.variant}
-    if display:
-        display.start_runs(len(jobs))
-    for variant, seed in jobs:
-        state, pretrain_cost = inits[variant.name]
+    jobs = []
+    for variant in suite.variant:
         train_cfg = suite.train_for(variant)
         if device_override:
             train_cfg = train_cfg.model_copy(update={"device": device_override})
-        spec = RunSpec(variant=variant.name, seed=seed, model=variant.model, classes=data.classes, train=train_cfg,
-                       augment=suite.data.augment, image_size=suite.data.image_size, crop=suite.data.crop,
-                       thresholds=suite.suite.thresholds, finetune=variant.finetune, init_state=state,
-                       init=variant.init, meta={"suite": suite.suite.name, "pretrain_cost": pretrain_cost})
-        run_dir = out / "runs" / f"{variant.name}__seed{seed}"
-        if display:
-            display.start_run(variant.name, seed, train_cfg.epochs)
-        result = train_run(spec, data.train, data.val, data.test, run_dir,
-                           on_event=display.on_event if display else None)
-        result["pretrain_cost"] = pretrain_cost
-        result["pretrain_shared_by"] = shared_by[variant.name] if pretrain_cost else 0
-        results.append(result)
-        write_results(out, results)
-        if display:
-            display.end_run(result)
-    export_winners(out, results, data)
-    return out, results
+        for seed in suite.suite.seeds:
+            spec = RunSpec(variant=variant.name, seed=seed, model=variant.model, classes=data.classes,
+                           train=train_cfg, augment=suite.data.augment, image_size=suite.data.image_size,
+                           crop=suite.data.crop, thresholds=suite.suite.thresholds, finetune=variant.finetune,
+                           init=variant.init, meta={"suite": suite.suite.name})
+            jobs.append(RunJob(spec, out / "runs" / f"{variant.name}__seed{seed}", variant.name))
+    results: dict[str, dict] = {}
+
+    def on_result(job: RunJob, result: dict) -> None:
+        result["pretrain_cost"] = _pretrain_cost(executor, inits[job.init_key])
+        result["pretrain_shared_by"] = shared_by[job.spec.variant] if result["pretrain_cost"] else 0
+        retries = job.run_dir / "retries.json"
+        result["retries"] = json.loads(retries.read_text())["retries"] if retries.exists() else 0
+        results[job.run_dir.name] = result
+        write_results(out, [results[j.run_dir.name] for j in jobs if j.run_dir.name in results])
+
+    if display:
+        display.start_runs(len(jobs))
+    executor.run(jobs, inits, data, display, on_result)
+    ordered = [results[job.run_dir.name] for job in jobs]
+    export_winners(out, ordered, data)
+    return out, ordered
+
+
+def _pretrain_cost(executor, init) -> dict:
+    """The pretraining cost of an init (a value here, or a Ray object reference)."""
+    value = init if isinstance(init, tuple) else executor.ray.get(init)
+    return value[1]
 
 
 def export_winners(out: Path, results: list[dict], data: PreparedData) -> dict[str, Path]:

@@ -157,10 +157,19 @@ class Variant(_Strict):
         return value
 
 
+class ExecutorSection(_Strict):
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None  # Ray: auto, ray://HOST:PORT, or none for a Ray started here
+    cpus_per_run: float = Field(1, gt=0)
+    gpus_per_run: float = Field(0, ge=0)  # fractional for small models
+    max_retries: int = Field(2, ge=0)
+
+
 class Suite(_Strict):
     suite: SuiteSection
     data: DataSection
     train: TrainSection = TrainSection()
+    executor: ExecutorSection = ExecutorSection()
     variant: list[Variant] = Field(min_length=1)
     pretrained: list[PretrainedSection] = []
 
@@ -193,6 +202,7 @@ class Suite(_Strict):
         """A hash of everything that changes results, except the seed list (so adding seeds resumes)."""
         resolved = self.model_dump()
         resolved["suite"].pop("seeds")
+        resolved.pop("executor")  # where runs execute does not change what they compute
         return content_hash(resolved)
 
 

@@ -311,8 +311,12 @@ class _Trainer:
 
 
 def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, run_dir: Path,
-        on_event: Callable[[dict], None] | None = None) -> dict:
-    """Train one run to its end (resuming if it was interrupted) and return its results."""
+        on_event: Callable[[dict], None] | None = None, on_checkpoint: Callable[[], None] | None = None) -> dict:
+    """Train one run to its end (resuming if it was interrupted) and return its results.
+
+    `on_checkpoint()` is called whenever the run directory's files are consistent: after each epoch's
+    checkpoint and at the end (remote executors ship the files back to the driver then).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     log = EventLog(run_dir / "events.jsonl")
     finished = [e for e in log.read() if e["event"] == "run_stop"]
@@ -335,6 +339,8 @@ def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, 
     while trainer.epoch < spec.train.epochs:
         trainer.train_one_epoch()
         trainer.save_last()
+        if on_checkpoint:
+            on_checkpoint()
     best = load_checkpoint(run_dir / "best.pt")
     trainer.model.load_state_dict(best["state_dict"])
     accuracy, loss, predicted = evaluate(trainer.model, test, trainer.normalizer, 256, trainer.precision,
@@ -346,6 +352,8 @@ def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, 
                 **per_class_scores(confusion),
                 "test_predictions": predicted.tolist()})
     os.replace(last, run_dir / "final.pt")
+    if on_checkpoint:
+        on_checkpoint()
     return results_from_events(log.read(), spec.thresholds)
 
 

@@ -1,0 +1,245 @@
+"""Where the runs of a suite execute: here, one after another (the default), or as tasks on a Ray cluster.
+
+Both write the same run directory. With Ray, every (variant, seed) run is a task with its resource request;
+each pretraining a suite needs is one task that the runs needing it wait for; the driver ships the data
+through Ray's object store and the run's files (event log, checkpoints) stream back to the driver after
+every epoch, so no shared filesystem is needed. A run whose worker dies is submitted again from the last
+checkpoint the driver holds, up to `max_retries` times, and its retries are recorded in `retries.json`.
+The local executor imports nothing from Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from galbench.errors import GalbenchError
+from galbench.fileio import atomic_path, write_json_atomic
+from galbench.train import EventLog, RunSpec, results_from_events
+from galbench.train import run as train_run
+
+RUN_FILES = ("events.jsonl", "last.pt", "best.pt", "final.pt")
+
+
+@dataclass
+class RunJob:
+    """One (variant, seed) run: what to train and where its files live on the driver."""
+
+    spec: RunSpec
+    run_dir: Path
+    init_key: str  # which resolved init (pretraining) it starts from
+
+
+class LocalExecutor:
+    """Runs one after another in this process."""
+
+    name = "local"
+
+    def resolve_inits(self, suite, base: Path, device: torch.device, display=None) -> dict:
+        """{variant name: (state dict or None, pretraining cost)}, pretraining on demand here."""
+        from galbench.runner import resolve_init
+
+        return {v.name: resolve_init(v, suite, base, device, display) for v in suite.variant}
+
+    def run(self, jobs: list[RunJob], inits: dict, data, display=None,
+            on_result: Callable[[RunJob, dict], None] | None = None) -> list[dict]:
+        """Train every job in order (finished ones are read back, not redone)."""
+        results = []
+        for job in jobs:
+            job.spec.init_state = inits[job.init_key][0]
+            if display:
+                display.start_run(job.spec.variant, job.spec.seed, job.spec.train.epochs)
+            result = train_run(job.spec, data.train, data.val, data.test, job.run_dir,
+                               on_event=display.on_event if display else None)
+            results.append(result)
+            if on_result:
+                on_result(job, result)
+            if display:
+                display.end_run(result)
+        return results
+
+
+def _read_files(folder: Path) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in RUN_FILES if (folder / name).exists()}
+
+
+def _write_files(folder: Path, files: dict[str, bytes]) -> None:
+    """Mirror a worker's run files into the driver's run directory (atomically, file by file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        with atomic_path(folder / name) as tmp:
+            tmp.write_bytes(content)
+    if "final.pt" in files:
+        (folder / "last.pt").unlink(missing_ok=True)
+
+
+def _split_payload(split) -> dict:
+    """A split as plain arrays for the object store (prepared images, labels)."""
+    images = split.resident if split.resident is not None else \
+        torch.cat([split._prepare(split.rows[i:i + 512]) for i in range(0, len(split), 512)])  # noqa: SLF001
+    return {"images": images.cpu().numpy(), "labels": split.labels.cpu().numpy(), "size": split.size}
+
+
+def _split_from_payload(payload: dict, device: torch.device):
+    import numpy as np
+
+    from galbench.data import SplitImages
+
+    rows = np.arange(len(payload["labels"]))
+    return SplitImages.build(payload["images"], rows, payload["labels"], 1.0, payload["size"], device, 2**62)
+
+
+def _remote_train(spec: RunSpec, init: tuple, data: dict, files: dict[str, bytes], name: str, queue,
+                  threads: int) -> dict:
+    """Body of a Ray task: train one run in a scratch folder, streaming its files to the driver."""
+    from galbench.train import resolve_device
+
+    torch.set_num_threads(threads)
+    queue.put(("pid", name, os.getpid()))
+    device = resolve_device(spec.train.device)
+    spec.init_state = init[0]
+    splits = {key: _split_from_payload(data[key], device) for key in ("train", "val", "test")}
+    with tempfile.TemporaryDirectory(prefix="galbench-ray-") as work:
+        folder = Path(work)
+        _write_files(folder, files)
+        return train_run(spec, splits["train"], splits["val"], splits["test"], folder,
+                         on_event=lambda event: queue.put(("event", name, event)),
+                         on_checkpoint=lambda: queue.put(("files", name, _read_files(folder))))
+
+
+def _remote_pretrain(variant, suite, base: str, device_spec: str) -> tuple:
+    """Body of a Ray task: one pretraining, made (or found in the worker's cache) on a worker."""
+    from galbench.runner import resolve_init
+    from galbench.train import resolve_device
+
+    return resolve_init(variant, suite, Path(base), resolve_device(device_spec))
+
+
+def connect_ray(address: str | None):
+    """The `ray` module, connected to a cluster (`auto`, ray://HOST:PORT) or to a Ray started here."""
+    try:
+        import ray
+    except ImportError:
+        raise GalbenchError("the Ray executor needs Ray", fix="pip install 'galbench[ray]'") from None
+    if not ray.is_initialized():
+        cache = os.environ.get("GALBENCH_CACHE")
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"GALBENCH_CACHE": cache}} if cache else None)
+        except Exception as exc:  # noqa: BLE001 - connection errors of several kinds
+            raise GalbenchError(f"cannot reach the Ray cluster ({type(exc).__name__}: {exc})",
+                                where=str(address or "local Ray")) from None
+    return ray
+
+
+class RayExecutor:
+    """Runs as Ray tasks on a cluster (`address`: auto, ray://HOST:PORT, or None for a local Ray)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0,
+                 max_retries: int = 2):
+        self.ray = connect_ray(address)
+        self.cpus_per_run, self.gpus_per_run, self.max_retries = cpus_per_run, gpus_per_run, max_retries
+
+    def resolve_inits(self, suite, base: Path, device: torch.device, display=None) -> dict:
+        """Files are read here; each pretraining becomes one task whose result the runs wait for."""
+        from galbench.runner import resolve_init
+
+        remote = self.ray.remote(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run)(_remote_pretrain)
+        inits, pending = {}, {}
+        for variant in suite.variant:
+            if variant.init.split(":", 1)[0] in ("fractal", "pretrained"):
+                key = (variant.init, variant.model, str(variant.fractal))
+                if key not in pending:
+                    pending[key] = remote.remote(variant, suite, str(base), suite.train.device)
+                inits[variant.name] = pending[key]
+            else:
+                inits[variant.name] = self.ray.put(resolve_init(variant, suite, base, device, display))
+        return inits
+
+    def run(self, jobs: list[RunJob], inits: dict, data, display=None,
+            on_result: Callable[[RunJob, dict], None] | None = None) -> list[dict]:
+        """Submit every unfinished job, mirror files as they stream in, retry runs whose worker died."""
+        from ray.util.queue import Empty, Queue
+
+        ray = self.ray
+        queue = Queue()
+        data_ref = ray.put({"train": _split_payload(data.train), "val": _split_payload(data.val),
+                            "test": _split_payload(data.test)})
+        threads = max(1, int(self.cpus_per_run))
+        remote = ray.remote(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=0)(_remote_train)
+        by_name = {job.run_dir.name: job for job in jobs}
+        results: dict[str, dict] = {}
+        retries: dict[str, list[str]] = {}
+        running: dict = {}
+
+        def submit(job: RunJob):
+            spec = job.spec
+            spec.init_state = None  # the weights travel as their own object
+            files = _read_files(job.run_dir)
+            ref = remote.remote(spec, inits[job.init_key], data_ref, files, job.run_dir.name, queue, threads)
+            running[ref] = job
+
+        for job in jobs:
+            events = EventLog(job.run_dir / "events.jsonl").read()
+            if any(e["event"] == "run_stop" for e in events):
+                results[job.run_dir.name] = results_from_events(events, job.spec.thresholds)
+                if on_result:
+                    on_result(job, results[job.run_dir.name])
+            else:
+                submit(job)
+
+        def drain():
+            while True:
+                try:
+                    kind, name, payload = queue.get_nowait()
+                except Empty:
+                    return
+                if kind == "files":
+                    _write_files(by_name[name].run_dir, payload)
+                elif kind == "event" and display and payload["event"] == "eval":
+                    display.remote_event(name, payload)
+
+        while running:
+            done, _ = ray.wait(list(running), num_returns=1, timeout=0.2)
+            drain()
+            for ref in done:
+                job = running.pop(ref)
+                name = job.run_dir.name
+                try:
+                    result = ray.get(ref)
+                except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError,
+                        ray.exceptions.NodeDiedError, ray.exceptions.ActorDiedError) as exc:
+                    drain()
+                    retries.setdefault(name, []).append(type(exc).__name__)
+                    write_json_atomic(job.run_dir / "retries.json", {"retries": len(retries[name]),
+                                                                     "reasons": retries[name]})
+                    if len(retries[name]) > self.max_retries:
+                        raise GalbenchError(f"run {name} failed {len(retries[name])} times; last: "
+                                            f"{str(exc).splitlines()[0][:160]}") from None
+                    submit(job)
+                    continue
+                drain()
+                results[name] = result
+                if on_result:
+                    on_result(job, result)
+                if display:
+                    display.start_run(job.spec.variant, job.spec.seed, job.spec.train.epochs)
+                    display.end_run(result)
+        return [results[job.run_dir.name] for job in jobs]
+
+
+def make_executor(kind: str, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0,
+                  max_retries: int = 2):
+    """The executor named `kind` ("local" or "ray")."""
+    if kind == "local":
+        return LocalExecutor()
+    if kind == "ray":
+        return RayExecutor(address, cpus_per_run, gpus_per_run, max_retries)
+    raise GalbenchError(f"unknown executor {kind!r}", fix="local or ray")
