@@ -185,18 +185,26 @@ def resolve_model(model: Path | None, run_dir: Path | None) -> Path:
 def classify(input_path: str | Path, model: str | Path | None = None, run: str | Path | None = None,
              out: str | Path | None = None, backend: str = "auto", batch_size: int = 256, resume: bool = False,
              skip_bad: bool = False, copy_images: bool = False, progress: Callable[[int], None] | None = None,
-             executor: str = "local", address: str | None = None) -> Table:
-    """Classify every galaxy of a catalog FITS file; returns the output table (and writes it if `out`)."""
+             executor: str = "local", address: str | None = None, fetch=None) -> Table:
+    """Classify every galaxy of a catalog FITS file; returns the output table (and writes it if `out`).
+
+    `fetch` (an `sdss.CutoutSpec`-like dict: scale, release, base_url, workers) classifies a catalog that has
+    only coordinates, fetching and caching its SDSS cutouts first.
+    """
     input_path = Path(input_path)
     model_path = resolve_model(Path(model) if model else None, Path(run) if run else None)
     meta = read_metadata(model_path)
     catalog = read_catalog(input_path, require_images=False)
     path_column = None
+    fetched_column = None
     if catalog.images is None:
         path_column = next((c for c in ("image_path", "path", "filename") if c in catalog.table.colnames), None)
+        if path_column is None and fetch is not None:
+            path_column = fetched_column = _fetch_cutouts(catalog, meta, fetch, skip_bad, input_path)
         if path_column is None:
             raise GalbenchError("no IMAGES HDU and no image_path column", where=str(input_path),
-                                fix="add an IMAGES HDU or a column image_path of JPEG/PNG/FITS paths")
+                                fix="add an IMAGES HDU or a column image_path of JPEG/PNG/FITS paths, or pass "
+                                    "--fetch to fetch SDSS cutouts for its ra/dec")
     if (catalog.labels >= 0).any() and catalog.classes != meta["classes"]:
         raise GalbenchError(f"the catalog's classes {catalog.classes} do not match the model's {meta['classes']}",
                             where=str(input_path))
@@ -241,6 +249,8 @@ def classify(input_path: str | Path, model: str | Path | None = None, run: str |
             np.savez(tmp, p=chunk_probabilities, bad=chunk_bad)
             tmp.rename(done)
     wall = time.perf_counter() - start_wall
+    if fetched_column:
+        catalog.table.remove_column(fetched_column)
     table = _output_table(catalog.table, meta["classes"], probabilities, bad_rows, skip_bad)
     table.meta.update({"MODELSHA": manifest["model_sha256"],
                        "BACKEND": engine.name + (" on ray" if executor == "ray" else ""),
@@ -252,6 +262,29 @@ def classify(input_path: str | Path, model: str | Path | None = None, run: str |
         write_catalog(out, result, include_images=copy_images)
         shutil.rmtree(partial, ignore_errors=True)
     return table
+
+
+def _fetch_cutouts(catalog: Catalog, meta: dict, fetch: dict, skip_bad: bool, input_path: Path) -> str:
+    """Fetch (or find cached) the SDSS cutouts of a coordinates-only catalog; returns the path column's name."""
+    from galbench import sdss
+
+    for column in ("ra", "dec"):
+        if column not in catalog.table.colnames:
+            raise GalbenchError(f"--fetch needs ra and dec columns; '{column}' is missing", where=str(input_path))
+    side = int(round(meta["input_size"] / meta["crop"]))  # the model's crop rule then keeps input_size pixels
+    spec = sdss.CutoutSpec(width=side, height=side, release=fetch.get("release", "dr17"),
+                           base_url=fetch.get("base_url"))
+    ra, dec = np.asarray(catalog.table["ra"], float), np.asarray(catalog.table["dec"], float)
+    paths, report = sdss.fetch_cutouts(ra, dec, np.full(len(ra), float(fetch.get("scale", 0.4))), spec,
+                                       workers=fetch.get("workers", 4), timeout=fetch.get("timeout", 30.0),
+                                       retries=fetch.get("retries", 3))
+    if report.failed and not skip_bad:
+        row, reason = report.failed[0]
+        raise GalbenchError(f"{len(report.failed)} cutouts could not be fetched; first: row {row} "
+                            f"(objid {catalog.table['objid'][row]}): {reason}", where=str(input_path),
+                            fix="pass --skip-bad to flag those rows and go on")
+    catalog.table["_cutout_path"] = [str(path) if path else "/nonexistent/not-fetched" for path in paths]
+    return "_cutout_path"
 
 
 def _local_chunk(engine, source: _Source, start: int, stop: int, batch_size: int, progress):

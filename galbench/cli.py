@@ -201,11 +201,12 @@ def _cmd_classify(args) -> None:
     if output.resolve() == args.input.resolve():
         raise GalbenchError("--out must differ from the input: galbench never edits its input", where=str(output))
     rows = len(read_catalog(args.input, require_images=False))
+    fetch = {"scale": args.scale, "release": args.release, "base_url": args.skyserver_url} if args.fetch else None
     with progress_bar("classifying", rows, unit="galaxies") as advance:
         table = classify(args.input, model=args.model, run=args.run, out=output, backend=args.backend,
                          batch_size=args.batch_size, resume=args.resume, skip_bad=args.skip_bad,
                          copy_images=args.copy_images, progress=advance, executor=args.executor,
-                         address=args.address)
+                         address=args.address, fetch=fetch)
     counts = {str(name): int((table["pred_class"] == name).sum()) for name in dict.fromkeys(table["pred_class"])}
     err.print(f"wrote {output}: {len(table):,} galaxies with {table.meta['BACKEND']} "
               f"({table.meta['PROVIDRS']}) at {table.meta['GAL_PER_S']:,.0f} galaxies/s; predicted {counts}")
@@ -449,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--resume", action="store_true", help="reuse finished chunks of an interrupted run")
     classify.add_argument("--skip-bad", action="store_true", help="flag unreadable image rows and go on")
     classify.add_argument("--copy-images", action="store_true", help="copy the IMAGES HDU into the output")
+    classify.add_argument("--fetch", action="store_true",
+                          help="a catalog with only ra/dec: fetch (and cache) its SDSS cutouts first (network)")
+    classify.add_argument("--scale", type=float, default=0.4, help="with --fetch: arcsec/pixel (default 0.4)")
+    classify.add_argument("--release", default="dr17", help="with --fetch: SDSS data release (default dr17)")
+    classify.add_argument("--skyserver-url", help="with --fetch: SkyServer base URL (or $GALBENCH_SKYSERVER_URL)")
     classify.add_argument("--executor", default="local", choices=["local", "ray"],
                           help="ray: classify row shards of 8,192 galaxies on a Ray cluster's workers")
     classify.add_argument("--address", help="Ray cluster: auto or ray://HOST:PORT (default: a Ray started here)")

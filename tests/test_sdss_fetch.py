@@ -176,3 +176,25 @@ def test_validation_rejects_every_kind_of_bad_answer():
             sdss.validate_jpeg(body, 16, 16)
     with pytest.raises(sdss.FetchError, match="asked for 32x16"):
         sdss.validate_jpeg(good, 32, 16)
+
+
+def test_classify_fetch_classifies_a_coordinates_only_catalog(cli, services, finished_suite, tmp_path):
+    from galbench.catalog import Catalog, write_catalog
+
+    rows = [0, 20, 2, 40]  # row 2 always answers 500
+    table = Table({"objid": np.asarray(rows, dtype=np.int64) + 1000,
+                   "ra": FakeServices.table["_RA"][rows], "dec": FakeServices.table["_DE"][rows]})
+    source = tmp_path / "coords.fits"
+    write_catalog(source, Catalog(table, ["elliptical", "spiral", "edge-on"]), include_images=False)
+    model = finished_suite / "export" / "winner.onnx"
+    out = tmp_path / "coords.out.fits"
+    base = ["classify", source, "--model", model, "--out", out, "--fetch", "--skyserver-url",
+            services + "/{release}"]
+    code, _, err = cli(*base)
+    assert code == 2 and "1 cutouts could not be fetched" in err and "objid 1002" in err and not out.exists()
+    code, _, err = cli(*base, "--skip-bad")
+    assert code == 0, err
+    result = read_catalog(out, require_images=False).table
+    assert list(result["bad_image"]) == [False, False, True, False]
+    assert (result["pred_label"][[0, 1, 3]] >= 0).all() and result["pred_label"][2] == -1
+    assert "_cutout_path" not in result.colnames
