@@ -106,3 +106,15 @@ def test_analyse_keeps_censored_runs_and_adjusts_everything_together():
     adjusted = stats.holm(raw)
     assert item.logrank_p_adjusted == pytest.approx(adjusted[0])
     assert item.mann_whitney_p_adjusted >= item.mann_whitney_p
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1, allow_nan=False), min_size=1, max_size=30))
+def test_holm_is_monotone_bounded_and_never_below_the_raw_p(p_values):
+    adjusted = stats.holm(p_values)
+    assert all(raw <= adj <= 1.0 for raw, adj in zip(p_values, adjusted, strict=True))
+    order = np.argsort(p_values, kind="stable")
+    assert all(np.diff(adjusted[order]) >= -1e-12)
