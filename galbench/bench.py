@@ -92,7 +92,7 @@ def train_scaling(rows_list, source: Catalog, model: str, size: int, device: tor
     """Seconds for one training epoch against the number of galaxies."""
     from galbench.data import SplitImages
     from galbench.suite import AugmentSection, TrainSection
-    from galbench.train import RunSpec, _Trainer
+    from galbench.train import RunSpec, Trainer
 
     figures = []
     for rows in rows_list:
@@ -103,7 +103,7 @@ def train_scaling(rows_list, source: Catalog, model: str, size: int, device: tor
                            TrainSection(optimizer="adamw", lr=1e-3, batch_size=batch, epochs=100, device=str(device),
                                         precision="auto"),
                            AugmentSection(), size, 1.0, [])
-            trainer = _Trainer(spec, split, split, Path(work), None)
+            trainer = Trainer(spec, split, split, Path(work), None)
             trainer._eval_point = lambda step: None
             trainer.begin_session()
             trainer.train_one_epoch()  # warm-up
@@ -165,7 +165,7 @@ def gpu(out: Path, quick: bool = False) -> dict:
     from galbench.data import Normalizer, SplitImages
     from galbench.models import build_model
     from galbench.suite import AugmentSection, TrainSection
-    from galbench.train import RunSpec, _Trainer
+    from galbench.train import RunSpec, Trainer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size, batch = (64, 32) if quick else (224, 512)
@@ -182,7 +182,7 @@ def gpu(out: Path, quick: bool = False) -> dict:
                            TrainSection(optimizer="sgd", lr=0.01, batch_size=batch, epochs=100, device=str(device),
                                         precision=precision, channels_last=True, compile=compiled),
                            AugmentSection(), size, 1.0, [])
-            trainer = _Trainer(spec, split, split, Path(work), None)
+            trainer = Trainer(spec, split, split, Path(work), None)
             trainer._eval_point = lambda step: None
             trainer.begin_session()
             trainer.train_one_epoch()

@@ -21,8 +21,19 @@ from galbench.models import IMAGENET_MEAN, IMAGENET_STD
 PREPARE_CHUNK = 512
 
 
-def map_classes(catalog: Catalog, mapping: dict[str, list[int | str]] | None) -> tuple[list[str], np.ndarray]:
-    """Target class names and a label per catalog row (-1 where the row's class is not mapped)."""
+def map_classes(catalog: Catalog, mapping: dict[str, list[int | str]] | None,
+                ttype_bins: dict[str, tuple[float, float]] | None = None) -> tuple[list[str], np.ndarray]:
+    """Target class names and a label per catalog row (-1 where the row's class is not mapped).
+
+    `mapping` regroups the catalog's classes; `ttype_bins` makes classes from a `ttype` column instead.
+    """
+    if ttype_bins is not None:
+        from galbench.sdss import labels_from_ttype
+
+        if "ttype" not in catalog.table.colnames:
+            raise GalbenchError("data.ttype_bins needs a 'ttype' column in the catalog", where=str(catalog.path))
+        classes, labels = labels_from_ttype(catalog.table["ttype"], ttype_bins)
+        return classes, labels.astype(np.int64)
     labels = catalog.labels
     if mapping is None:
         return list(catalog.classes), labels

@@ -69,7 +69,7 @@ def catalog_path(suite: Suite, base: Path, progress_factory=None) -> Path:
 def prepare_data(suite: Suite, path: Path, device: torch.device) -> PreparedData:
     """Read the catalog, map its classes, split it and put the splits on the device."""
     catalog = read_catalog(path)
-    classes, labels = map_classes(catalog, suite.data.classes)
+    classes, labels = map_classes(catalog, suite.data.classes, suite.data.ttype_bins)
     split_cfg = suite.data.split
     rows = stratified_split(labels, (split_cfg.train, split_cfg.val, split_cfg.test), split_cfg.seed)
     budget = suite.data.memory_budget_mb * 2**20

@@ -21,6 +21,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _exactly_one_source(section, message: str):
+    """Data comes from a catalog file or a synth table, never both or neither."""
+    if (section.catalog is None) == (section.synth is None):
+        raise ValueError(message)
+    return section
+
+
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 
@@ -79,6 +86,7 @@ class DataSection(_Strict):
     synth: SynthSection | None = None
     create_with: str | None = None  # the command that makes `catalog`, quoted when it is missing
     classes: dict[str, list[int | str]] | None = None
+    ttype_bins: dict[str, tuple[float, float]] | None = None  # class name -> [low, high] of a `ttype` column
     split: SplitSection = SplitSection()
     image_size: int = Field(64, ge=64, le=512)  # AlexNet needs at least 63 px
     crop: float = Field(1.0, gt=0, le=1)
@@ -87,9 +95,11 @@ class DataSection(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self):
-        if (self.catalog is None) == (self.synth is None):
-            raise ValueError("give exactly one of data.catalog (a FITS path) or a [data.synth] table")
-        return self
+        if self.classes is not None and self.ttype_bins is not None:
+            raise ValueError("give data.classes or data.ttype_bins, not both")
+        if self.ttype_bins and any(low > high for low, high in self.ttype_bins.values()):
+            raise ValueError("each data.ttype_bins entry is [low, high] with low <= high")
+        return _exactly_one_source(self, "give exactly one of data.catalog (a FITS path) or a [data.synth] table")
 
 
 class TrainSection(_Strict):
@@ -132,9 +142,7 @@ class PretrainedSection(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self):
-        if (self.catalog is None) == (self.synth is None):
-            raise ValueError("give exactly one of catalog or synth")
-        return self
+        return _exactly_one_source(self, "give exactly one of catalog or synth")
 
 
 class Variant(_Strict):

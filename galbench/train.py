@@ -183,7 +183,7 @@ def save_checkpoint(checkpoint: dict, path: Path) -> None:
         torch.save(checkpoint, tmp)
 
 
-class _Trainer:
+class Trainer:
     """The state of one run between epochs; `run()` below drives it."""
 
     def __init__(self, spec: RunSpec, train: SplitImages, val: SplitImages, run_dir: Path,
@@ -322,7 +322,7 @@ def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, 
     finished = [e for e in log.read() if e["event"] == "run_stop"]
     if finished:
         return results_from_events(log.read(), spec.thresholds)
-    trainer = _Trainer(spec, train, val, run_dir, on_event)
+    trainer = Trainer(spec, train, val, run_dir, on_event)
     last = run_dir / "last.pt"
     if last.exists():
         trainer.restore(load_checkpoint(last))

@@ -198,3 +198,19 @@ def test_classify_fetch_classifies_a_coordinates_only_catalog(cli, services, fin
     assert list(result["bad_image"]) == [False, False, True, False]
     assert (result["pred_label"][[0, 1, 3]] >= 0).all() and result["pred_label"][2] == -1
     assert "_cutout_path" not in result.colnames
+
+
+def test_suite_ttype_bins_make_classes_from_a_ttype_column(tmp_path):
+    from galbench.catalog import Catalog, write_catalog
+    from galbench.data import map_classes
+    from galbench.suite import load_suite
+    from tests.conftest import write_suite
+
+    ttype = np.array([-5, -2, 1, 4, 7, 10, 99])
+    table = Table({"objid": np.arange(7, dtype=np.int64), "ttype": ttype.astype(float)})
+    path = tmp_path / "na.fits"
+    write_catalog(path, Catalog(table, ["unknown"], np.zeros((7, 3, 8, 8), np.uint8)))
+    data = f'catalog = "{path}"\nttype_bins = {{ early = [-6, 0], late = [1, 10] }}'
+    suite, _ = load_suite(write_suite(tmp_path, data=data))
+    classes, labels = map_classes(read_catalog(path), suite.data.classes, suite.data.ttype_bins)
+    assert classes == ["early", "late"] and labels.tolist() == [0, 0, 1, 1, 1, 1, -1]

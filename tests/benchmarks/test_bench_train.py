@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from galbench.data import Normalizer, SplitImages
 from galbench.models import build_model
 from galbench.suite import AugmentSection, TrainSection
-from galbench.train import RunSpec, _Trainer, evaluate
+from galbench.train import RunSpec, Trainer, evaluate
 from tests.benchmarks.conftest import record
 
 BATCH = 64
@@ -35,7 +35,7 @@ def _trainer(catalog, tmp_path):
     spec = RunSpec(variant="bench", seed=0, model=MODEL, classes=catalog.classes,
                    train=TrainSection(optimizer="adamw", lr=1e-3, batch_size=BATCH, epochs=1000, device=str(device)),
                    augment=AugmentSection(), image_size=64, crop=1.0, thresholds=[])
-    trainer = _Trainer(spec, split, split, tmp_path, None)
+    trainer = Trainer(spec, split, split, tmp_path, None)
     trainer._eval_point = lambda step: None  # training throughput only: evaluation is benchmarked on its own
     trainer.begin_session()
     return trainer, split

@@ -1,0 +1,93 @@
+"""Pretraining offline: deterministic fractal sets, checkpoints that carry their cost, cache reuse."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from galbench.fractal import FractalParams, class_systems, generate
+from galbench.models import load_checkpoint
+from tests.conftest import write_suite
+
+
+def test_fractal_sets_are_deterministic_whatever_the_workers():
+    params = FractalParams(classes=4, per_class=8, size=48, seed=7)
+    a, b = generate(params, workers=1), generate(params, workers=2)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert a.class_counts() == {f"ifs{k:03d}": 8 for k in range(4)}
+    assert not np.array_equal(a.images, generate(FractalParams(classes=4, per_class=8, size=48, seed=8)).images)
+
+
+def test_every_class_system_is_contractive_and_instances_differ():
+    systems = class_systems(FractalParams(classes=6, per_class=4, size=64, seed=1))
+    for system in systems:
+        largest = np.linalg.svd(system[:, :4].reshape(-1, 2, 2), compute_uv=False)[:, 0]
+        assert (largest <= 0.9 + 1e-9).all()
+    images = generate(FractalParams(classes=3, per_class=6, size=64, seed=1)).images
+    assert len({images[k].tobytes() for k in range(6)}) == 6  # intra-class variation
+    coverage = (images.max(axis=1) > 0).mean(axis=(1, 2))
+    assert (coverage > 0.02).all() and (coverage < 0.9).all()
+
+
+def test_pretrain_fractal_checkpoint_carries_source_and_cost(cli, tmp_path):
+    out = tmp_path / "fractal.pt"
+    code, stdout, err = cli("pretrain", "fractal", out, "--classes", 4, "--per-class", 20, "--epochs", 2,
+                            "--model", "alexnet-tiny", "--device", "cpu")
+    assert code == 0, err
+    checkpoint = load_checkpoint(out)
+    meta = checkpoint["meta"]
+    assert checkpoint["classes"] == [f"ifs{k:03d}" for k in range(4)] and checkpoint["model"] == "alexnet-tiny"
+    assert meta["pretrain_source"]["kind"] == "fractal" and meta["pretrain_source"]["per_class"] == 20
+    cost = meta["pretrain_cost"]
+    # 80 images, split 85/10/5 per class -> 17 training images per class, 2 epochs
+    assert cost["samples"] == 2 * 4 * 17
+    assert not (tmp_path / "fractal.pt.work").exists()  # the work folder goes once the checkpoint is written
+    assert cost["train_flops"] > 0 and cost["train_flops"] % cost["samples"] == 0
+    assert cost["device_seconds"] > 0 and cost["generation_seconds"] > 0 and cost["energy_joules"] is None
+    assert "wrote" in stdout and "TFLOPs" in stdout
+
+
+def test_suite_pretrains_once_reuses_the_cache_and_spreads_the_cost(cli, tmp_path):
+    extra = ('\n[[variant]]\nname = "fractal"\nmodel = "alexnet-tiny"\ninit = "fractal"\n'
+             'fractal = { classes = 4, per_class = 20, size = 64, epochs = 1 }\n')
+    suite = write_suite(tmp_path, seeds=2, epochs=1, extra=extra)
+    assert cli("run", suite, "--out", tmp_path / "a", "--no-report")[0] == 0
+    from galbench.fileio import cache_dir
+
+    cached = sorted(cache_dir("pretrain").glob("fractal-*.pt"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    assert cli("run", suite, "--out", tmp_path / "b", "--no-report")[0] == 0
+    assert cached[0].stat().st_mtime_ns == stamp  # reused, not made again
+    runs = json.loads((tmp_path / "a" / "results.json").read_text())["runs"]
+    fractal = [r for r in runs if r["variant"] == "fractal"]
+    assert all(r["pretrain_shared_by"] == 2 for r in fractal)
+    assert fractal[0]["pretrain_cost"] == load_checkpoint(cached[0])["meta"]["pretrain_cost"]
+    assert all(r["pretrain_cost"] == {} and r["pretrain_shared_by"] == 0 for r in runs if r["variant"] == "scratch")
+    # the fractal-initialised runs started from the pretrained backbone
+    pretrained = load_checkpoint(cached[0])["state_dict"]["features.0.weight"]
+    scratch = load_checkpoint(tmp_path / "a/runs/scratch__seed0/final.pt")["state_dict"]["features.0.weight"]
+    assert not torch.equal(pretrained, scratch)
+
+
+def test_report_adds_the_pretraining_share_to_the_costs(tmp_path):
+    from galbench.report import SuiteReport, threshold_rows
+    from galbench.stats import analyse, cost_medians
+
+    def run(variant, seed, flops):
+        return {"variant": variant, "seed": seed, "test_accuracy": 0.8, "best_val_accuracy": 0.8,
+                "init": "fractal" if variant == "fractal" else "scratch",
+                "thresholds": {"0.5": {"reached": True, "epochs": 2.0, "samples": 100, "train_flops": flops,
+                                       "device_seconds": 3600.0, "energy_joules": None}}}
+
+    runs = [run("scratch", s, 1e15) for s in range(3)] + [run("fractal", s, 2e15) for s in range(3)]
+    analysis = analyse(runs, [0.5], "scratch")
+    report = SuiteReport(tmp_path, "t", runs, [0.5], "scratch", [], {}, analysis,
+                         {(v, 0.5): cost_medians(runs, v, 0.5) for v in ("scratch", "fractal")},
+                         {"fractal": {"cost": {"train_flops": 3e15, "device_seconds": 7200.0}, "shared_by": 3}})
+    rows = {row["variant"]: row for row in threshold_rows(report, 0.5)}
+    assert rows["fractal"]["pflops"] == "2" and rows["fractal"]["pflops_with_pretraining"] == "3"
+    assert rows["fractal"]["device_hours"] == "1" and rows["fractal"]["device_hours_with_pretraining"] == "1.67"
+    assert rows["scratch"]["pflops_with_pretraining"] == ""
