@@ -105,12 +105,17 @@ class SplitImages:
         """Prepare a split; load it onto the device whole if it fits `budget_bytes`."""
         split = cls(source, rows, torch.as_tensor(labels[rows], device=device), crop, size, device)
         if rows.size * 3 * size * size <= budget_bytes:
-            split.resident = torch.cat([split._prepare(rows[i:i + PREPARE_CHUNK])
-                                        for i in range(0, rows.size, PREPARE_CHUNK)])
+            split.resident = split.all_images()
         return split
 
     def __len__(self) -> int:
         return int(self.rows.size)
+
+    def all_images(self) -> torch.Tensor:
+        """The whole split as one prepared uint8 tensor (what a remote worker is sent)."""
+        if self.resident is not None:
+            return self.resident
+        return torch.cat([self._prepare(self.rows[i:i + PREPARE_CHUNK]) for i in range(0, len(self), PREPARE_CHUNK)])
 
     def _prepare(self, rows: np.ndarray) -> torch.Tensor:
         return prepare_images(self.source[rows], self.crop, self.size).to(self.device, non_blocking=True)

@@ -80,9 +80,7 @@ def _write_files(folder: Path, files: dict[str, bytes]) -> None:
 
 def _split_payload(split) -> dict:
     """A split as plain arrays for the object store (prepared images, labels)."""
-    images = split.resident if split.resident is not None else \
-        torch.cat([split._prepare(split.rows[i:i + 512]) for i in range(0, len(split), 512)])  # noqa: SLF001
-    return {"images": images.cpu().numpy(), "labels": split.labels.cpu().numpy(), "size": split.size}
+    return {"images": split.all_images().cpu().numpy(), "labels": split.labels.cpu().numpy(), "size": split.size}
 
 
 def _split_from_payload(payload: dict, device: torch.device):
