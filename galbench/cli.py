@@ -187,8 +187,9 @@ def _cmd_export(args) -> None:
         from galbench.synth import SynthParams, synthesize
 
         sample = synthesize(SynthParams(n=args.parity_images, size=128, seed=12345), workers=1).images
-    meta = export_onnx(args.checkpoint, args.out, sample)
-    out.print(f"wrote {args.out} (+ {Path(args.out).with_suffix('.pt').name}); parity on {meta['parity_images']} "
+    meta = export_onnx(args.checkpoint, args.out, sample, fp16=args.fp16)
+    out.print(f"wrote {args.out} ({meta['precision']}, + {Path(args.out).with_suffix('.pt').name}); parity on "
+              f"{meta['parity_images']} "
               f"images: max |logit difference| {meta['parity_max_abs_logit_difference']}, argmax agreement "
               f"{meta['parity_argmax_agreement']}")
 
@@ -431,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out", type=Path, help="output .onnx (the checkpoint is copied beside it as .pt)")
     export.add_argument("--data", type=Path, help="catalog whose images check parity (default: simulated galaxies)")
     export.add_argument("--parity-images", type=int, default=64, help="images for the parity check (default 64)")
+    export.add_argument("--fp16", action="store_true",
+                        help="half-precision weights (uint8 in, float32 out; needs galbench[fp16]); parity is then "
+                             "checked to 0.05 in the logits and 99%% argmax agreement")
     export.set_defaults(handler=_cmd_export)
 
     classify = commands.add_parser(

@@ -25,6 +25,7 @@ from galbench.fileio import atomic_path, file_sha256
 from galbench.models import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint
 
 MAX_LOGIT_DIFFERENCE = 1e-3
+FP16_MAX_LOGIT_DIFFERENCE, FP16_MIN_AGREEMENT = 0.05, 0.99  # half precision rounds; it may flip a near-tie
 OPSET = 17
 
 
@@ -66,8 +67,21 @@ def deployed_from_checkpoint(checkpoint: dict) -> DeployedClassifier:
     return DeployedClassifier(model, checkpoint["image_size"]).eval()
 
 
-def export_onnx(checkpoint_path: Path, out: Path, sample_images: np.ndarray, extra_meta: dict | None = None) -> dict:
+def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model in half precision, keeping uint8 in and float32 out, and the normalisation in float32."""
+    try:
+        from onnxconverter_common.float16 import convert_float_to_float16
+    except ImportError:
+        raise GalbenchError("fp16 export needs onnxconverter-common", fix="pip install 'galbench[fp16]'") from None
+    keep = [node.name for node in proto.graph.node if node.name.startswith("/normalizer/") or node.op_type == "Softmax"]
+    return convert_float_to_float16(proto, keep_io_types=True, node_block_list=keep)
+
+
+def export_onnx(checkpoint_path: Path, out: Path, sample_images: np.ndarray, extra_meta: dict | None = None,
+                fp16: bool = False) -> dict:
     """Export a checkpoint to ONNX, check it (onnx.checker, then ONNX Runtime against PyTorch), return metadata."""
+    import warnings
+
     import onnxruntime as ort
 
     checkpoint_path, out = Path(checkpoint_path), Path(out)
@@ -89,6 +103,11 @@ def export_onnx(checkpoint_path: Path, out: Path, sample_images: np.ndarray, ext
                           output_names=["logits", "probabilities"], opset_version=OPSET, dynamo=False,
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}})
         model_proto = onnx.load(str(tmp))
+        if fp16:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the converter warns about values it clamps to fp16's range
+                model_proto = to_fp16(model_proto)
+            onnx.save(model_proto, str(tmp))
         onnx.checker.check_model(model_proto, full_check=True)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         onnx_logits = session.run(["logits"], {"images": images.numpy()})[0]
@@ -96,9 +115,10 @@ def export_onnx(checkpoint_path: Path, out: Path, sample_images: np.ndarray, ext
             torch_logits = deployed(images)[0].numpy()
         difference = float(np.abs(onnx_logits - torch_logits).max())
         agreement = float((onnx_logits.argmax(1) == torch_logits.argmax(1)).mean())
-        meta.update(parity_max_abs_logit_difference=f"{difference:.3g}", parity_argmax_agreement=f"{agreement:.4f}",
-                    parity_images=str(len(images)))
-        if difference > MAX_LOGIT_DIFFERENCE or agreement < 1.0:
+        meta.update(precision="fp16" if fp16 else "fp32", parity_max_abs_logit_difference=f"{difference:.3g}",
+                    parity_argmax_agreement=f"{agreement:.4f}", parity_images=str(len(images)))
+        limit, needed = (FP16_MAX_LOGIT_DIFFERENCE, FP16_MIN_AGREEMENT) if fp16 else (MAX_LOGIT_DIFFERENCE, 1.0)
+        if difference > limit or agreement < needed:
             raise GalbenchError(f"ONNX Runtime disagrees with PyTorch: max |logit difference| {difference:.3g}, "
                                 f"argmax agreement {agreement:.4f} on {len(images)} images", where=str(out))
         for key, value in meta.items():

@@ -198,3 +198,27 @@ def test_real_gz1_model_classifies_held_out_rows_with_the_suites_test_accuracy(c
     result = json.loads((out / "results.json").read_text())["runs"][0]
     assert load_checkpoint(out / "export" / "winner.pt")["meta"]["seed"] == 0
     assert accuracy == pytest.approx(result["test_accuracy"], abs=1e-6)
+
+
+def test_fp16_export_has_its_own_parity_figures_and_classifies(cli, finished_suite, sim_catalog, tmp_path):
+    pytest.importorskip("onnxconverter_common", reason="onnxconverter-common (the fp16 extra) is not installed")
+    out = tmp_path / "half.onnx"
+    code, stdout, err = cli("export", finished_suite / "runs/scratch__seed0/best.pt", out, "--fp16",
+                            "--data", sim_catalog)
+    assert code == 0, err
+    import onnx
+
+    meta = read_metadata(out)
+    assert meta["precision"] == "fp16" and float(meta["parity_argmax_agreement"]) >= 0.99
+    assert 0 < float(meta["parity_max_abs_logit_difference"]) <= 0.05
+    weights = onnx.load(str(out)).graph.initializer
+    assert any(w.data_type == onnx.TensorProto.FLOAT16 for w in weights)
+    half = classify(sim_catalog, model=out, backend="onnxruntime")
+    full = classify(sim_catalog, model=_export_fp32(cli, finished_suite, tmp_path), backend="onnxruntime")
+    assert (half["pred_label"] == full["pred_label"]).mean() >= 0.99
+
+
+def _export_fp32(cli, finished_suite, tmp_path):
+    path = tmp_path / "full.onnx"
+    assert cli("export", finished_suite / "runs/scratch__seed0/best.pt", path, "--parity-images", 8)[0] == 0
+    return path
