@@ -9,6 +9,7 @@ a report together. Arms with fewer than MIN_SEEDS runs get estimates but no p-va
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,7 +93,10 @@ def median_ratio_ci(variant, baseline, seed: int = 0) -> tuple[float, float, flo
     ratio = float(_median_ratio(variant, baseline))
     if variant.size < 2 or baseline.size < 2:
         return ratio, float("nan"), float("nan")
-    with np.errstate(invalid="ignore"):  # censored runs are inf; inf - inf in scipy's checks is harmless
+    # censored runs are inf: inf - inf in scipy's checks, and a bootstrap distribution that is all inf, are
+    # expected here (scipy warns about both); the interval then reads inf, which is the honest answer
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         result = stats.bootstrap((variant, baseline), _median_ratio, n_resamples=BOOTSTRAP_RESAMPLES,
                                  confidence_level=CONFIDENCE, method="percentile", vectorized=True,
                                  rng=np.random.default_rng(seed))
