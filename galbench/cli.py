@@ -20,6 +20,7 @@ typical session:
   galbench data montage sim.fits sim.png                look at examples of every class
   galbench run suites/quickstart.toml                   train scratch vs pretrained arms over seeds
   galbench report reports/quickstart/<run-id>           tables, plots and significance tests
+  galbench classify sim.fits --run reports/quickstart/<run-id>   classify a catalog with the winner
 
 Every command takes --help. Bad input gets one line on stderr and exit code 2."""
 

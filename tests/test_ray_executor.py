@@ -112,3 +112,15 @@ def test_sharded_classification_equals_unsharded_row_for_row(cluster, finished_s
 
     assert fits.getheader(tmp_path / "ray.fits", "CATALOG")["BACKEND"] == "onnxruntime on ray"
     assert len(read_catalog(tmp_path / "ray.fits", require_images=False)) == 300
+
+
+def test_pretraining_is_one_ray_task_that_the_runs_wait_for(cluster, tmp_path, cli):
+    extra = ('\n[[variant]]\nname = "fractal"\nmodel = "alexnet-tiny"\ninit = "fractal"\n'
+             'fractal = { classes = 4, per_class = 20, size = 64, epochs = 1, seed = 3 }\n')
+    path = write_suite(tmp_path, seeds=2, epochs=1, extra=extra)
+    code, _, err = cli("run", path, "--out", tmp_path / "ray", "--no-report", "--executor", "ray")
+    assert code == 0, err
+    runs = json.loads((tmp_path / "ray" / "results.json").read_text())["runs"]
+    fractal = [r for r in runs if r["variant"] == "fractal"]
+    assert len(fractal) == 2 and all(r["finished"] and r["pretrain_shared_by"] == 2 for r in fractal)
+    assert fractal[0]["pretrain_cost"]["samples"] == 4 * 17 and fractal[0]["pretrain_cost"] == fractal[1]["pretrain_cost"]
