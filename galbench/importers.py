@@ -171,6 +171,8 @@ def import_folder_csv(folder: str | os.PathLike, labels_csv: str | os.PathLike |
         objids.append(row[id_column].strip())
         labels.append(source_to_label[source_label])
         extra.append(source_label)
+    if progress:  # rows dropped before decoding count as done, so the bar over all CSV rows completes
+        progress(report.unmapped + len(report.bad_images))
     kept, images = _decode_all(paths, crop, size, strict, report, progress, workers)
     table = Table()
     table["objid"] = _objid_column([objids[k] for k in kept])

@@ -130,13 +130,13 @@ def load_report(run_dir: str | Path) -> SuiteReport:
     baseline = suite["baseline"] if any(r["variant"] == suite["baseline"] for r in runs) else runs[0]["variant"]
     analysis = stats.analyse(runs, thresholds, baseline)
     costs = {(v, t): stats.cost_medians(runs, v, t) for v in analysis.variants for t in thresholds}
-    pretrain = _pretraining_costs(run_dir, suite, runs)
+    pretrain = _pretraining_costs(run_dir)
     classes = json.loads((run_dir / "split.json").read_text())["classes"] if (run_dir / "split.json").exists() else []
     return SuiteReport(run_dir, suite["suite"]["name"], runs, thresholds, baseline, classes, environment, analysis,
                        costs, pretrain)
 
 
-def _pretraining_costs(run_dir: Path, suite: dict, runs: list[dict]) -> dict:
+def _pretraining_costs(run_dir: Path) -> dict:
     """Each pretrained variant's pretraining cost and the number of runs that share it."""
     results_file = run_dir / "results.json"
     stored = json.loads(results_file.read_text())["runs"] if results_file.exists() else []

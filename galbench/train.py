@@ -319,9 +319,9 @@ def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, 
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     log = EventLog(run_dir / "events.jsonl")
-    finished = [e for e in log.read() if e["event"] == "run_stop"]
-    if finished:
-        return results_from_events(log.read(), spec.thresholds)
+    logged = log.read()
+    if any(e["event"] == "run_stop" for e in logged):
+        return results_from_events(logged, spec.thresholds)
     trainer = Trainer(spec, train, val, run_dir, on_event)
     last = run_dir / "last.pt"
     if last.exists():
