@@ -21,3 +21,5 @@ def test_gpu_script_quick_path_on_this_machine(tmp_path):
     stored = json.loads((tmp_path / f"{bench.machine_name()}.json").read_text())
     assert stored["training"][0]["ratio_to_bare"] > 0 and stored["suite"]["seeds"] == 2
     assert result["suite"]["wall_seconds"] > 0
+    # each phase is written as it ends, so a run stopped by a time limit keeps what it measured
+    assert set(stored["phase_seconds"]) == {"data", "training", "suite", "classify"}
