@@ -161,21 +161,20 @@ def scaling(out: Path, classify_rows=(1000, 10000, 100000), train_rows=(1000, 30
 
 
 def gpu(out: Path, quick: bool = False) -> dict:
-    """Training (bf16, channels_last, with and without torch.compile), a 10-seed 2-arm suite, classify fp16."""
-    from galbench.data import Normalizer, SplitImages, augment
-    from galbench.models import build_model
+    """Training (bf16, channels_last, with and without torch.compile), a 10-seed 2-arm suite, classify fp16.
+
+    Phases run cheapest and surest first, compiled training (whose compile time is the least predictable)
+    last, and the JSON file is rewritten after each, so a run stopped by a time limit keeps what it measured.
+    """
+    from galbench.data import SplitImages
     from galbench.runner import catalog_path
-    from galbench.suite import AugmentSection, TrainSection
-    from galbench.train import RunSpec, Trainer
 
     began = time.perf_counter()
     size, batch = (64, 32) if quick else (224, 512)
     rows = 256 if quick else 8192
-    timed_epochs = 1 if quick else 3  # after one warm-up epoch (which compiles, where torch.compile is on)
     # Both catalogs are simulated before CUDA starts in this process: the simulation forks worker processes,
     # and forking a process that holds a CUDA context and its threads is best avoided.
-    suite = _bench_suite(quick)
-    catalog_path(suite, out)
+    catalog_path(_bench_suite(quick), out)
     source = tiled(_seed_catalog(size, 64 if quick else 1000), rows)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     target = out / f"{machine_name()}.json"
@@ -184,80 +183,97 @@ def gpu(out: Path, quick: bool = False) -> dict:
                     "torch": torch.__version__, "image_size": size, "batch_size": batch, "training": [],
                     "phase_seconds": {"data": time.perf_counter() - began}}
 
-    def phase_done(name: str, start: float) -> None:
-        # written after every phase, so that a run cut short by a time limit still leaves what it measured
+    def phase(name: str, measure) -> None:
+        start = time.perf_counter()
+        measure()
         result["phase_seconds"][name] = time.perf_counter() - start
         write_json_atomic(target, result)
         print(f"[{time.perf_counter() - began:6.0f} s] {name} done", flush=True)
 
-    precision = "bf16" if device.type == "cuda" else "fp32"
-    # torch.compile is measured on CUDA; on the CPU (a --quick check of this code) it would only add minutes
-    for compiled in (False, True) if device.type == "cuda" else (False,):
-        phase_start = time.perf_counter()
-        with tempfile.TemporaryDirectory() as work:
-            cfg = TrainSection(optimizer="sgd", lr=0.01, batch_size=batch, epochs=100, device=str(device),
-                               precision=precision, channels_last=True, compile=compiled)
-            spec = RunSpec("bench", 0, "alexnet", source.classes, cfg, AugmentSection(), size, 1.0, [])
-            trainer = Trainer(spec, split, split, Path(work), None)
-            trainer._eval_point = lambda step: None
-            trainer.begin_session()
-            trainer.train_one_epoch()
-            start = trainer.watch.now()
-            for _ in range(timed_epochs):
-                trainer.train_one_epoch()
-            galbench_seconds = (trainer.watch.now() - start) / timed_epochs
-        model = build_model("alexnet", len(source.classes)).to(device).to(memory_format=torch.channels_last)
-        step_model = torch.compile(model) if compiled else model
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        normalizer = Normalizer().to(device)
-        generator = torch.Generator(device=device).manual_seed(1)
-        policy = AugmentSection()
-
-        # the plainest loop over the same batches; `augmented` gives it galbench's augmentation too, so that
-        # the ratio is galbench's own overhead (without, it also charges galbench for augmenting)
-        def bare_epoch(augmented, step_model=step_model, optimizer=optimizer, normalizer=normalizer,
-                       generator=generator, policy=policy):
-            order = torch.randperm(rows, device=device)
-            for start in range(0, rows, batch):
-                index = order[start:start + batch]
-                images = split.resident[index]
-                if augmented:
-                    images = augment(images, generator, policy.flips, policy.rot90, policy.shift)
-                inputs = normalizer(images).contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    loss = torch.nn.functional.cross_entropy(step_model(inputs).float(), split.labels[index])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-
-        seconds = {}
-        for augmented in (True, False):
-            bare_epoch(augmented)
-            start = time.perf_counter()
-            for _ in range(timed_epochs):
-                bare_epoch(augmented)
-            seconds[augmented] = (time.perf_counter() - start) / timed_epochs
-        figure = {"compile": compiled, "galbench_images_per_second": rows / galbench_seconds,
-                  "bare_images_per_second": rows / seconds[True], "ratio_to_bare": seconds[True] / galbench_seconds,
-                  "bare_unaugmented_images_per_second": rows / seconds[False],
-                  "ratio_to_unaugmented_bare": seconds[False] / galbench_seconds}
+    def training(compiled: bool) -> None:
+        figure = _training_figure(split, source.classes, size, batch, device, compiled, timed_epochs=1 if quick else 3)
         result["training"].append(figure)
         print(json.dumps(figure), flush=True)
-        phase_done("training_compiled" if compiled else "training", phase_start)
-    phase_start = time.perf_counter()
-    result["suite"] = _suite_wall_time(device, quick)
-    print(json.dumps(result["suite"]), flush=True)
-    phase_done("suite", phase_start)
-    phase_start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as work:
-        folder = Path(work)
-        model_path = _model(folder, np.asarray(source.images), size, source.classes, "alexnet")
-        figures = classify_scaling([rows], folder, source, model_path, "torch", 64 if quick else 1024)
+
+    def classify_figure() -> None:
+        with tempfile.TemporaryDirectory() as work:
+            folder = Path(work)
+            model_path = _model(folder, np.asarray(source.images), size, source.classes, "alexnet")
+            figures = classify_scaling([rows], folder, source, model_path, "torch", 64 if quick else 1024)
         result["classify_torch_fp16" if device.type == "cuda" else "classify_torch_cpu"] = figures[0]
-    phase_done("classify", phase_start)
+
+    def suite() -> None:
+        result["suite"] = _suite_wall_time(device, quick)
+        print(json.dumps(result["suite"]), flush=True)
+
+    phase("training", lambda: training(False))
+    phase("classify", classify_figure)
+    phase("suite", suite)
+    # torch.compile is measured on CUDA; on the CPU (a --quick check of this code) it would only add minutes
+    if device.type == "cuda":
+        phase("training_compiled", lambda: training(True))
     return result
+
+
+def _training_figure(split, classes: list[str], size: int, batch: int, device: torch.device, compiled: bool,
+                     timed_epochs: int) -> dict:
+    """Images/s of galbench's loop and of bare loops over the same batches (with and without augmentation)."""
+    from galbench.data import Normalizer, augment
+    from galbench.models import build_model
+    from galbench.suite import AugmentSection, TrainSection
+    from galbench.train import RunSpec, Trainer
+
+    rows = len(split)
+    cfg = TrainSection(optimizer="sgd", lr=0.01, batch_size=batch, epochs=100, device=str(device),
+                       precision="bf16" if device.type == "cuda" else "fp32", channels_last=True, compile=compiled)
+    policy = AugmentSection()
+    with tempfile.TemporaryDirectory() as work:
+        trainer = Trainer(RunSpec("bench", 0, "alexnet", classes, cfg, policy, size, 1.0, []), split, split,
+                          Path(work), None)
+        trainer._eval_point = lambda step: None
+        trainer.begin_session()
+        trainer.train_one_epoch()  # warm-up (and compilation, where torch.compile is on)
+        start = trainer.watch.now()
+        for _ in range(timed_epochs):
+            trainer.train_one_epoch()
+        galbench_seconds = (trainer.watch.now() - start) / timed_epochs
+
+    # The plainest loop over the same batches, with galbench's optimizer settings. `augmented` gives it
+    # galbench's augmentation too, so that the ratio is galbench's own overhead (without, it also charges
+    # galbench for augmenting).
+    model = build_model("alexnet", len(classes)).to(device).to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if compiled else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    normalizer = Normalizer().to(device)
+    generator = torch.Generator(device=device).manual_seed(1)
+
+    def bare_epoch(augmented: bool) -> None:
+        order = torch.randperm(rows, device=device)
+        for start in range(0, rows, batch):
+            index = order[start:start + batch]
+            images = split.resident[index]
+            if augmented:
+                images = augment(images, generator, policy.flips, policy.rot90, policy.shift)
+            inputs = normalizer(images).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = torch.nn.functional.cross_entropy(step_model(inputs).float(), split.labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    seconds = {}
+    for augmented in (True, False):
+        bare_epoch(augmented)
+        start = time.perf_counter()
+        for _ in range(timed_epochs):
+            bare_epoch(augmented)
+        seconds[augmented] = (time.perf_counter() - start) / timed_epochs
+    return {"compile": compiled, "galbench_images_per_second": rows / galbench_seconds,
+            "bare_images_per_second": rows / seconds[True], "ratio_to_bare": seconds[True] / galbench_seconds,
+            "bare_unaugmented_images_per_second": rows / seconds[False],
+            "ratio_to_unaugmented_bare": seconds[False] / galbench_seconds}
 
 
 def _bench_suite(quick: bool):
