@@ -174,7 +174,8 @@ def gpu(out: Path, quick: bool = False) -> dict:
     rows = 256 if quick else 8192
     # Both catalogs are simulated before CUDA starts in this process: the simulation forks worker processes,
     # and forking a process that holds a CUDA context and its threads is best avoided.
-    catalog_path(_bench_suite(quick), out)
+    bench_suite = _bench_suite(quick)
+    catalog_path(bench_suite, out)
     source = tiled(_seed_catalog(size, 64 if quick else 1000), rows)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     target = out / f"{machine_name()}.json"
@@ -203,7 +204,7 @@ def gpu(out: Path, quick: bool = False) -> dict:
         result["classify_torch_fp16" if device.type == "cuda" else "classify_torch_cpu"] = figures[0]
 
     def suite() -> None:
-        result["suite"] = _suite_wall_time(device, quick)
+        result["suite"] = _suite_wall_time(bench_suite, device)
         print(json.dumps(result["suite"]), flush=True)
 
     phase("training", lambda: training(False))
@@ -215,11 +216,57 @@ def gpu(out: Path, quick: bool = False) -> dict:
     return result
 
 
+def bare_loop(split, model_name: str, num_classes: int, cfg, policy=None):
+    """The plainest training loop over a split's batches: index, (augment,) normalise, forward, step.
+
+    It is the baseline galbench's own loop is measured against: the model, optimizer, precision and memory
+    format come from the same `cfg`, and none of galbench's bookkeeping (schedule, cost accounting, events)
+    is done. With an augmentation `policy` each batch goes through galbench's augmentation, so that both
+    loops do the same arithmetic; without, the comparison also charges galbench for augmenting.
+    Returns a function that trains one epoch.
+    """
+    from galbench.data import Normalizer, augment
+    from galbench.models import build_model
+    from galbench.train import autocast_context, make_optimizer, resolve_precision
+
+    device = split.device
+    precision = resolve_precision(cfg.precision, device)
+    if split.resident is None or precision == "fp16":
+        raise ValueError("the bare loop needs a device-resident split and fp32 or bf16 (it has no grad scaler)")
+    torch.manual_seed(0)
+    model = build_model(model_name, num_classes).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if cfg.compile else model
+    optimizer = make_optimizer(model, cfg)
+    normalizer = Normalizer().to(device)
+    generator = torch.Generator(device=device).manual_seed(1)
+    images, labels = split.resident, split.labels
+
+    def epoch() -> None:
+        order = torch.randperm(len(labels), device=device)
+        for start in range(0, len(labels), cfg.batch_size):
+            index = order[start:start + cfg.batch_size]
+            batch = images[index]
+            if policy is not None:
+                batch = augment(batch, generator, policy.flips, policy.rot90, policy.shift)
+            inputs = normalizer(batch)
+            if cfg.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with autocast_context(precision, device):
+                loss = torch.nn.functional.cross_entropy(step_model(inputs).float(), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return epoch
+
+
 def _training_figure(split, classes: list[str], size: int, batch: int, device: torch.device, compiled: bool,
                      timed_epochs: int) -> dict:
     """Images/s of galbench's loop and of bare loops over the same batches (with and without augmentation)."""
-    from galbench.data import Normalizer, augment
-    from galbench.models import build_model
     from galbench.suite import AugmentSection, TrainSection
     from galbench.train import RunSpec, Trainer
 
@@ -238,37 +285,14 @@ def _training_figure(split, classes: list[str], size: int, batch: int, device: t
             trainer.train_one_epoch()
         galbench_seconds = (trainer.watch.now() - start) / timed_epochs
 
-    # The plainest loop over the same batches, with galbench's optimizer settings. `augmented` gives it
-    # galbench's augmentation too, so that the ratio is galbench's own overhead (without, it also charges
-    # galbench for augmenting).
-    model = build_model("alexnet", len(classes)).to(device).to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if compiled else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    normalizer = Normalizer().to(device)
-    generator = torch.Generator(device=device).manual_seed(1)
-
-    def bare_epoch(augmented: bool) -> None:
-        order = torch.randperm(rows, device=device)
-        for start in range(0, rows, batch):
-            index = order[start:start + batch]
-            images = split.resident[index]
-            if augmented:
-                images = augment(images, generator, policy.flips, policy.rot90, policy.shift)
-            inputs = normalizer(images).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = torch.nn.functional.cross_entropy(step_model(inputs).float(), split.labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
+    loops = {True: bare_loop(split, "alexnet", len(classes), cfg, policy),
+             False: bare_loop(split, "alexnet", len(classes), cfg, None)}
     seconds = {}
-    for augmented in (True, False):
-        bare_epoch(augmented)
+    for augmented, bare_epoch in loops.items():
+        bare_epoch()
         start = time.perf_counter()
         for _ in range(timed_epochs):
-            bare_epoch(augmented)
+            bare_epoch()
         seconds[augmented] = (time.perf_counter() - start) / timed_epochs
     return {"compile": compiled, "galbench_images_per_second": rows / galbench_seconds,
             "bare_images_per_second": rows / seconds[True], "ratio_to_bare": seconds[True] / galbench_seconds,
@@ -290,11 +314,10 @@ def _bench_suite(quick: bool):
     return Suite.model_validate(raw)
 
 
-def _suite_wall_time(device: torch.device, quick: bool) -> dict:
-    """Wall time of the bench suite from its (already simulated and cached) catalog to its exported winners."""
+def _suite_wall_time(suite, device: torch.device) -> dict:
+    """Wall time of a suite from its (already simulated and cached) catalog to its exported winners."""
     from galbench.runner import run_suite
 
-    suite = _bench_suite(quick)
     with tempfile.TemporaryDirectory() as work:
         start = time.perf_counter()
         run_suite(suite, Path(work), out=Path(work) / "run", device_override=str(device))

@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from galbench.data import Normalizer, SplitImages, augment
+from galbench.bench import bare_loop
+from galbench.data import Normalizer, SplitImages
 from galbench.models import build_model
 from galbench.suite import AugmentSection, TrainSection
 from galbench.train import RunSpec, Trainer, evaluate
@@ -41,38 +41,6 @@ def _trainer(catalog, tmp_path):
     return trainer, split
 
 
-def _bare_loop(split, device, augmented: bool):
-    """The plainest loop that feeds the same model the same kind of batches: index, (augment,) normalise, step.
-
-    With `augmented`, it transforms each batch with the same augmentation galbench applies (flips, turns,
-    shifts), so the two loops do the same arithmetic and the ratio is galbench's own overhead; without, the
-    ratio also charges galbench for its augmentation.
-    """
-    torch.manual_seed(0)
-    model = build_model(MODEL, 3).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=5e-4)
-    normalizer = Normalizer().to(device)
-    images, labels = split.resident, split.labels
-    generator = torch.Generator(device=device).manual_seed(1)
-    policy = AugmentSection()
-
-    def epoch():
-        order = torch.randperm(len(labels), device=device)
-        for start in range(0, len(labels), BATCH):
-            index = order[start:start + BATCH]
-            batch = images[index]
-            if augmented:
-                batch = augment(batch, generator, policy.flips, policy.rot90, policy.shift)
-            loss = F.cross_entropy(model(normalizer(batch)), labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    return epoch
-
-
 def _interleaved_medians(*workloads, rounds=15):
     """Median seconds of workloads timed in turn, round after round, so drifts of the machine hit all alike."""
     times = [[] for _ in workloads]
@@ -87,7 +55,9 @@ def _interleaved_medians(*workloads, rounds=15):
 def test_training_loop_against_bare_loop(benchmark, sim_images, tmp_path):
     device = _device()
     trainer, split = _trainer(sim_images, tmp_path)
-    bare, bare_unaugmented = _bare_loop(split, device, augmented=True), _bare_loop(split, device, augmented=False)
+    # the plainest loop with the same settings, over batches augmented as galbench's are, and not augmented
+    bare = bare_loop(split, MODEL, len(sim_images.classes), trainer.cfg, trainer.spec.augment)
+    bare_unaugmented = bare_loop(split, MODEL, len(sim_images.classes), trainer.cfg, None)
     for warm_up in (bare, bare_unaugmented, trainer.train_one_epoch):
         warm_up()
     bare_seconds, unaugmented_seconds, galbench_seconds = _interleaved_medians(bare, bare_unaugmented,
