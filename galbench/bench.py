@@ -323,7 +323,7 @@ def _suite_wall_time(suite, device: torch.device) -> dict:
         run_suite(suite, Path(work), out=Path(work) / "run", device_override=str(device))
         seconds = time.perf_counter() - start
     synth = suite.data.synth
-    return {"galaxies": synth.n, "image_size": synth.size, "seeds": len(suite.suite.seeds), "arms": 2,
+    return {"galaxies": synth.n, "image_size": synth.size, "seeds": len(suite.suite.seeds), "arms": len(suite.variant),
             "epochs": suite.train.epochs, "wall_seconds": seconds}
 
 
