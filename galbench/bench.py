@@ -160,7 +160,10 @@ def scaling(out: Path, classify_rows=(1000, 10000, 100000), train_rows=(1000, 30
     return result
 
 
-def gpu(out: Path, quick: bool = False) -> dict:
+GPU_PHASES = ("training", "classify", "suite", "training_compiled")
+
+
+def gpu(out: Path, quick: bool = False, phases: tuple[str, ...] = GPU_PHASES) -> dict:
     """Training (bf16, channels_last, with and without torch.compile), a 10-seed 2-arm suite, classify fp16.
 
     Phases run cheapest and surest first, compiled training (whose compile time is the least predictable)
@@ -175,25 +178,31 @@ def gpu(out: Path, quick: bool = False) -> dict:
     # Both catalogs are simulated before CUDA starts in this process: the simulation forks worker processes,
     # and forking a process that holds a CUDA context and its threads is best avoided.
     bench_suite = _bench_suite(quick)
-    catalog_path(bench_suite, out)
+    if "suite" in phases:
+        catalog_path(bench_suite, out)
     source = tiled(_seed_catalog(size, 64 if quick else 1000), rows)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     target = out / f"{machine_name()}.json"
     split = SplitImages.build(source.images, np.arange(rows), source.labels, 1.0, size, device, 2**35)
     result: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
-                    "torch": torch.__version__, "image_size": size, "batch_size": batch, "training": [],
+                    "torch": torch.__version__, "image_size": size, "batch_size": batch,
                     "phase_seconds": {"data": time.perf_counter() - began}}
+    # figures of phases run earlier into the same file (--phases split over runs) are kept
+    earlier = json.loads(target.read_text()) if target.exists() else {}
+    if any(earlier.get(key) != result[key] for key in ("device", "torch", "image_size", "batch_size")):
+        earlier = {}
 
     def phase(name: str, measure) -> None:
         start = time.perf_counter()
         measure()
         result["phase_seconds"][name] = time.perf_counter() - start
-        write_json_atomic(target, result)
+        write_json_atomic(target, {**earlier, **result,
+                                   "phase_seconds": {**earlier.get("phase_seconds", {}), **result["phase_seconds"]}})
         print(f"[{time.perf_counter() - began:6.0f} s] {name} done", flush=True)
 
     def training(compiled: bool) -> None:
         figure = _training_figure(split, source.classes, size, batch, device, compiled, timed_epochs=1 if quick else 3)
-        result["training"].append(figure)
+        result["training_compiled" if compiled else "training"] = figure
         print(json.dumps(figure), flush=True)
 
     def classify_figure() -> None:
@@ -207,12 +216,12 @@ def gpu(out: Path, quick: bool = False) -> dict:
         result["suite"] = _suite_wall_time(bench_suite, device)
         print(json.dumps(result["suite"]), flush=True)
 
-    phase("training", lambda: training(False))
-    phase("classify", classify_figure)
-    phase("suite", suite)
-    # torch.compile is measured on CUDA; on the CPU (a --quick check of this code) it would only add minutes
-    if device.type == "cuda":
-        phase("training_compiled", lambda: training(True))
+    measures = {"training": lambda: training(False), "classify": classify_figure, "suite": suite,
+                "training_compiled": lambda: training(True)}
+    for name in phases:
+        # torch.compile is measured on CUDA; on the CPU (a --quick check of this code) it would only add minutes
+        if name != "training_compiled" or device.type == "cuda":
+            phase(name, measures[name])
     return result
 
 
@@ -294,7 +303,7 @@ def _training_figure(split, classes: list[str], size: int, batch: int, device: t
         for _ in range(timed_epochs):
             bare_epoch()
         seconds[augmented] = (time.perf_counter() - start) / timed_epochs
-    return {"compile": compiled, "galbench_images_per_second": rows / galbench_seconds,
+    return {"galbench_images_per_second": rows / galbench_seconds,
             "bare_images_per_second": rows / seconds[True], "ratio_to_bare": seconds[True] / galbench_seconds,
             "bare_unaugmented_images_per_second": rows / seconds[False],
             "ratio_to_unaugmented_bare": seconds[False] / galbench_seconds}
@@ -334,13 +343,19 @@ def main(argv=None) -> int:
     parser.add_argument("which", choices=["scaling", "gpu"])
     parser.add_argument("--out", type=Path, default=Path("reports/benchmarks"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the code path, not a figure")
+    parser.add_argument("--phases", default=",".join(GPU_PHASES),
+                        help="gpu only: which figures, in order (default: %(default)s); split them over two "
+                             "runs where one run has too little time")
     args = parser.parse_args(argv)
+    phases = tuple(args.phases.split(","))
+    if unknown := set(phases) - set(GPU_PHASES):
+        parser.error(f"unknown phase(s) {', '.join(sorted(unknown))}: choose from {', '.join(GPU_PHASES)}")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.which == "scaling":
         sizes = ((200, 400), (100, 200)) if args.quick else ((1000, 10000, 100000), (1000, 3000, 10000))
         scaling(args.out, *sizes)
     else:
-        gpu(args.out, quick=args.quick)
+        gpu(args.out, quick=args.quick, phases=phases)
     return 0
 
 

@@ -19,7 +19,18 @@ def test_scaling_script_writes_figures_and_plot(tmp_path):
 def test_gpu_script_quick_path_on_this_machine(tmp_path):
     result = bench.gpu(tmp_path, quick=True)
     stored = json.loads((tmp_path / f"{bench.machine_name()}.json").read_text())
-    assert stored["training"][0]["ratio_to_bare"] > 0 and stored["suite"]["seeds"] == 2
+    assert stored["training"]["ratio_to_bare"] > 0 and stored["suite"]["seeds"] == 2
     assert result["suite"]["wall_seconds"] > 0
     # each phase is written as it ends, so a run stopped by a time limit keeps what it measured
     assert set(stored["phase_seconds"]) == {"data", "training", "suite", "classify"}
+
+
+def test_gpu_script_phases_split_over_runs_keep_each_others_figures(tmp_path):
+    bench.gpu(tmp_path, quick=True, phases=("classify",))
+    path = tmp_path / f"{bench.machine_name()}.json"
+    first = json.loads(path.read_text())
+    assert "classify_torch_cpu" in first and "training" not in first and "suite" not in first
+    bench.gpu(tmp_path, quick=True, phases=("training",))
+    both = json.loads(path.read_text())
+    assert both["classify_torch_cpu"] == first["classify_torch_cpu"] and both["training"]["ratio_to_bare"] > 0
+    assert set(both["phase_seconds"]) == {"data", "classify", "training"}
