@@ -5,7 +5,6 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -32,14 +31,6 @@ def sim_file(sim_images, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("bench") / "sim.fits"
     write_catalog(path, sim_images)
     return path
-
-
-def tiled_catalog(source: Catalog, rows: int) -> Catalog:
-    """A catalog of `rows` rows made by repeating `source` (for timing: the content does not matter)."""
-    index = np.arange(rows) % len(source)
-    table = source.table[index]
-    table["objid"] = np.arange(rows, dtype=np.int64)
-    return Catalog(table, source.classes, np.asarray(source.images)[index], source.bands, source.pixscale, "tiled")
 
 
 def record(benchmark, **figures) -> None:

@@ -10,11 +10,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from galbench.bench import tiled
 from galbench.catalog import read_catalog, write_catalog
 from galbench.classify import classify
 from galbench.export import export_onnx
 from galbench.models import CHECKPOINT_FORMAT, build_model
-from tests.benchmarks.conftest import record, tiled_catalog
+from tests.benchmarks.conftest import record
 
 BATCH = 256
 MIN_END_TO_END_RATIO = 0.8
@@ -35,7 +36,7 @@ def exported(tmp_path_factory, sim_images):
 @pytest.fixture(scope="module")
 def catalog_file(tmp_path_factory, sim_images):
     path = tmp_path_factory.mktemp("classify") / "catalog.fits"
-    write_catalog(path, tiled_catalog(sim_images, 20000))
+    write_catalog(path, tiled(sim_images, 20000))
     return path
 
 
