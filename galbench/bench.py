@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from galbench.catalog import Catalog, write_catalog
+from galbench.data.catalog import Catalog, write_catalog
+from galbench.experiment.runner import cpu_name
 from galbench.fileio import write_json_atomic
-from galbench.runner import cpu_name
 
 # Peak memory is the process's VmHWM: unlike getrusage's ru_maxrss, it is not inherited from the parent
 # across fork and exec, so the parent's large test catalogs do not count.
 CLASSIFY_SCRIPT = """
 import sys, time
-from galbench.classify import classify
+from galbench.inference.classify import classify
 start = time.perf_counter()
 classify(sys.argv[1], model=sys.argv[2], out=sys.argv[3], backend=sys.argv[4], batch_size=int(sys.argv[5]))
 seconds = time.perf_counter() - start
@@ -52,14 +52,14 @@ def tiled(source: Catalog, rows: int) -> Catalog:
 
 
 def _seed_catalog(size: int, n: int = 1000) -> Catalog:
-    from galbench.synth import SynthParams, synthesize
+    from galbench.data.synth import SynthParams, synthesize
 
     return synthesize(SynthParams(n=n, size=size, seed=0))
 
 
 def _model(folder: Path, sample: np.ndarray, size: int, classes: list[str], model: str) -> Path:
-    from galbench.export import export_onnx
-    from galbench.models import CHECKPOINT_FORMAT, build_model
+    from galbench.inference.export import export_onnx
+    from galbench.models.registry import CHECKPOINT_FORMAT, build_model
 
     torch.manual_seed(0)
     network = build_model(model, len(classes))
@@ -90,9 +90,9 @@ def classify_scaling(rows_list, folder: Path, source: Catalog, model_path: Path,
 
 def train_scaling(rows_list, source: Catalog, model: str, size: int, device: torch.device, batch: int):
     """Seconds for one training epoch against the number of galaxies."""
-    from galbench.data import SplitImages
-    from galbench.suite import AugmentSection, TrainSection
-    from galbench.train import RunSpec, Trainer
+    from galbench.data.tensors import SplitImages
+    from galbench.experiment.suite import AugmentSection, TrainSection
+    from galbench.experiment.train import RunSpec, Trainer
 
     figures = []
     for rows in rows_list:
@@ -117,7 +117,7 @@ def train_scaling(rows_list, source: Catalog, model: str, size: int, device: tor
 
 def plot_scaling(result: dict, path: Path) -> None:
     """Log-log plot of time against rows for classification and training, with memory on a second axis."""
-    from galbench.plots import figure_png, plt, save_png
+    from galbench.analysis.plots import figure_png, plt, save_png
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     for key, label in (("classify", "classify (FITS to FITS)"), ("train", "train one epoch")):
@@ -169,8 +169,8 @@ def gpu(out: Path, quick: bool = False, phases: tuple[str, ...] = GPU_PHASES) ->
     Phases run cheapest and surest first, compiled training (whose compile time is the least predictable)
     last, and the JSON file is rewritten after each, so a run stopped by a time limit keeps what it measured.
     """
-    from galbench.data import SplitImages
-    from galbench.runner import catalog_path
+    from galbench.data.tensors import SplitImages
+    from galbench.experiment.runner import catalog_path
 
     began = time.perf_counter()
     size, batch = (64, 32) if quick else (224, 512)
@@ -234,9 +234,9 @@ def bare_loop(split, model_name: str, num_classes: int, cfg, policy=None):
     loops do the same arithmetic; without, the comparison also charges galbench for augmenting.
     Returns a function that trains one epoch.
     """
-    from galbench.data import Normalizer, augment
-    from galbench.models import build_model
-    from galbench.train import autocast_context, make_optimizer, resolve_precision
+    from galbench.data.tensors import Normalizer, augment
+    from galbench.experiment.train import autocast_context, make_optimizer, resolve_precision
+    from galbench.models.registry import build_model
 
     device = split.device
     precision = resolve_precision(cfg.precision, device)
@@ -276,8 +276,8 @@ def bare_loop(split, model_name: str, num_classes: int, cfg, policy=None):
 def _training_figure(split, classes: list[str], size: int, batch: int, device: torch.device, compiled: bool,
                      timed_epochs: int) -> dict:
     """Images/s of galbench's loop and of bare loops over the same batches (with and without augmentation)."""
-    from galbench.suite import AugmentSection, TrainSection
-    from galbench.train import RunSpec, Trainer
+    from galbench.experiment.suite import AugmentSection, TrainSection
+    from galbench.experiment.train import RunSpec, Trainer
 
     rows = len(split)
     cfg = TrainSection(optimizer="sgd", lr=0.01, batch_size=batch, epochs=100, device=str(device),
@@ -311,7 +311,7 @@ def _training_figure(split, classes: list[str], size: int, batch: int, device: t
 
 def _bench_suite(quick: bool):
     """A 10-seed, 2-arm suite on a 4,000-galaxy simulated catalog at 224 px (scaled down if quick)."""
-    from galbench.suite import Suite
+    from galbench.experiment.suite import Suite
 
     n, size, seeds, epochs = (120, 64, 2, 1) if quick else (4000, 224, 10, 10)
     raw = {"suite": {"name": "gpu-bench", "seeds": seeds, "thresholds": [0.7, 0.8, 0.9]},
@@ -325,7 +325,7 @@ def _bench_suite(quick: bool):
 
 def _suite_wall_time(suite, device: torch.device) -> dict:
     """Wall time of a suite from its (already simulated and cached) catalog to its exported winners."""
-    from galbench.runner import run_suite
+    from galbench.experiment.runner import run_suite
 
     with tempfile.TemporaryDirectory() as work:
         start = time.perf_counter()

@@ -26,8 +26,8 @@ Every command takes --help. Bad input gets one line on stderr and exit code 2.""
 
 
 def _cmd_data_synth(args) -> None:
-    from galbench.catalog import write_catalog
-    from galbench.synth import SynthParams, synthesize
+    from galbench.data.catalog import write_catalog
+    from galbench.data.synth import SynthParams, synthesize
 
     params = SynthParams(n=args.n, size=args.size, seed=args.seed, classes=args.classes,
                          star_probability=args.star_probability)
@@ -39,15 +39,15 @@ def _cmd_data_synth(args) -> None:
 
 
 def _cmd_data_info(args) -> None:
-    from galbench.catalog import read_catalog
-    from galbench.report import catalog_info_table
+    from galbench.analysis.report import catalog_info_table
+    from galbench.data.catalog import read_catalog
 
     out.print(catalog_info_table(read_catalog(args.file, require_images=False)))
 
 
 def _cmd_data_montage(args) -> None:
-    from galbench.catalog import read_catalog
-    from galbench.plots import montage, save_png
+    from galbench.analysis.plots import montage, save_png
+    from galbench.data.catalog import read_catalog
 
     catalog = read_catalog(args.file)
     save_png(montage(catalog, per_class=args.per_class, seed=args.seed), args.out)
@@ -55,8 +55,8 @@ def _cmd_data_montage(args) -> None:
 
 
 def _cmd_data_import(args) -> None:
-    from galbench import importers
-    from galbench.catalog import write_catalog
+    from galbench.data import importers
+    from galbench.data.catalog import write_catalog
 
     source = Path(args.source)
     crop = _parse_crop(args.crop)
@@ -82,10 +82,10 @@ def _cmd_data_import(args) -> None:
 
 
 def _cmd_run(args) -> None:
+    from galbench.analysis.report import run_summary_table
     from galbench.console import RunDisplay
-    from galbench.report import run_summary_table
-    from galbench.runner import run_suite
-    from galbench.suite import load_suite
+    from galbench.experiment.runner import run_suite
+    from galbench.experiment.suite import load_suite
 
     overrides = list(args.set or [])
     if args.seeds is not None:
@@ -104,7 +104,7 @@ def _cmd_run(args) -> None:
 
 
 def _print_report(run_dir: Path) -> None:
-    from galbench.report import terminal_report, write_report
+    from galbench.analysis.report import terminal_report, write_report
 
     report, paths = write_report(run_dir)
     for part in terminal_report(report):
@@ -117,7 +117,7 @@ def _cmd_report(args) -> None:
 
 
 def _cmd_compare(args) -> None:
-    from galbench.report import compare_tables, load_report
+    from galbench.analysis.report import compare_tables, load_report
 
     warnings_, table = compare_tables(load_report(args.run_dir_a), load_report(args.run_dir_b))
     for warning in warnings_:
@@ -128,7 +128,7 @@ def _cmd_compare(args) -> None:
 def _cmd_models(args) -> None:
     from rich.table import Table
 
-    from galbench.models import build_model, count_parameters, list_models
+    from galbench.models.registry import build_model, count_parameters, list_models
 
     table = Table(title="registered models")
     for column in ("name", "parameters (3 classes)", "description"):
@@ -140,9 +140,9 @@ def _cmd_models(args) -> None:
 
 def _cmd_pretrain_fractal(args) -> None:
     from galbench.console import RunDisplay
-    from galbench.fractal import FractalParams
-    from galbench.pretrain import pretrain_fractal
-    from galbench.train import resolve_device
+    from galbench.data.fractal import FractalParams
+    from galbench.experiment.pretrain import pretrain_fractal
+    from galbench.experiment.train import resolve_device
 
     params = FractalParams(classes=args.classes, per_class=args.per_class, size=args.size, seed=args.seed)
     with RunDisplay() as display:
@@ -152,10 +152,10 @@ def _cmd_pretrain_fractal(args) -> None:
 
 
 def _cmd_pretrain_catalog(args) -> None:
-    from galbench.catalog import read_catalog
     from galbench.console import RunDisplay
-    from galbench.pretrain import pretrain_on_catalog
-    from galbench.train import resolve_device
+    from galbench.data.catalog import read_catalog
+    from galbench.experiment.pretrain import pretrain_on_catalog
+    from galbench.experiment.train import resolve_device
 
     catalog = read_catalog(args.data)
     size = args.size or catalog.images.shape[-1]
@@ -168,7 +168,7 @@ def _cmd_pretrain_catalog(args) -> None:
 
 
 def _print_checkpoint_cost(path: Path) -> None:
-    from galbench.models import load_checkpoint
+    from galbench.models.registry import load_checkpoint
 
     meta = load_checkpoint(path)["meta"]
     cost = meta["pretrain_cost"]
@@ -179,13 +179,13 @@ def _print_checkpoint_cost(path: Path) -> None:
 
 
 def _cmd_export(args) -> None:
-    from galbench.catalog import read_catalog
-    from galbench.export import export_onnx
+    from galbench.data.catalog import read_catalog
+    from galbench.inference.export import export_onnx
 
     if args.data is not None:
         sample = read_catalog(args.data).images[: args.parity_images]
     else:  # no data given: check parity on freshly simulated galaxies
-        from galbench.synth import SynthParams, synthesize
+        from galbench.data.synth import SynthParams, synthesize
 
         sample = synthesize(SynthParams(n=args.parity_images, size=128, seed=12345), workers=1).images
     meta = export_onnx(args.checkpoint, args.out, sample, fp16=args.fp16)
@@ -196,8 +196,8 @@ def _cmd_export(args) -> None:
 
 
 def _cmd_classify(args) -> None:
-    from galbench.catalog import read_catalog
-    from galbench.classify import classify
+    from galbench.data.catalog import read_catalog
+    from galbench.inference.classify import classify
 
     output = args.out or args.input.with_name(args.input.stem + ".classified.fits")
     if output.resolve() == args.input.resolve():
@@ -215,8 +215,8 @@ def _cmd_classify(args) -> None:
 
 
 def _cmd_data_sdss(args) -> None:
-    from galbench import sdss
-    from galbench.catalog import write_catalog
+    from galbench.data import sdss
+    from galbench.data.catalog import write_catalog
     from galbench.fileio import write_text_atomic
 
     if args.catalog == "nair-abraham-2010":

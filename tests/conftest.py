@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from galbench.catalog import Catalog, write_catalog
 from galbench.cli import main
+from galbench.data.catalog import Catalog, write_catalog
 
 GZ1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gz1-sdss"
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from galbench.accounting import flops_per_sample, threshold_crossings
-from galbench.models import build_model
+from galbench.experiment.accounting import flops_per_sample, threshold_crossings
+from galbench.models.registry import build_model
 
 
 def test_flop_counter_matches_hand_count_for_a_linear_layer():

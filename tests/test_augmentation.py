@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from galbench.data import augment, prepare_images, stratified_split
+from galbench.data.tensors import augment, prepare_images, stratified_split
 
 
 def _symmetries(image):

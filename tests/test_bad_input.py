@@ -7,7 +7,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from galbench.catalog import write_catalog
+from galbench.data.catalog import write_catalog
 from tests.conftest import make_catalog
 
 

@@ -7,7 +7,7 @@ import mmap
 import numpy as np
 from astropy.io import fits
 
-from galbench.catalog import read_catalog, write_catalog
+from galbench.data.catalog import read_catalog, write_catalog
 from tests.conftest import make_catalog
 
 

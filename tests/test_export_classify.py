@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from galbench.catalog import Catalog, read_catalog, write_catalog
-from galbench.classify import classify, provider_options
-from galbench.export import read_metadata
-from galbench.models import load_checkpoint
+from galbench.data.catalog import Catalog, read_catalog, write_catalog
+from galbench.inference.classify import classify, provider_options
+from galbench.inference.export import read_metadata
+from galbench.models.registry import load_checkpoint
 
-classify_module = importlib.import_module("galbench.classify")  # the module; galbench.classify is the function
+classify_module = importlib.import_module("galbench.inference.classify")
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def winner(finished_suite) -> Path:
 @pytest.fixture(scope="module")
 def sim_catalog(finished_suite, tmp_path_factory) -> Path:
     """A fresh catalog of 300 simulated galaxies with the suite's classes (not seen in training)."""
-    from galbench.synth import SynthParams, synthesize
+    from galbench.data.synth import SynthParams, synthesize
 
     path = tmp_path_factory.mktemp("sim") / "fresh.fits"
     write_catalog(path, synthesize(SynthParams(n=300, size=64, seed=99, classes="elliptical,spiral,edge-on"),

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from galbench.catalog import read_catalog
+from galbench.data.catalog import read_catalog
 
 
 def test_gz1_layout_imports_with_class_map_crop_and_size(cli, gz1_small, tmp_path):

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import torch
 
-from galbench.fractal import FractalParams, class_systems, generate
-from galbench.models import load_checkpoint
+from galbench.data.fractal import FractalParams, class_systems, generate
+from galbench.models.registry import load_checkpoint
 from tests.conftest import write_suite
 
 
@@ -73,8 +73,8 @@ def test_suite_pretrains_once_reuses_the_cache_and_spreads_the_cost(cli, tmp_pat
 
 
 def test_report_adds_the_pretraining_share_to_the_costs(tmp_path):
-    from galbench.report import SuiteReport, threshold_rows
-    from galbench.stats import analyse, cost_medians
+    from galbench.analysis.report import SuiteReport, threshold_rows
+    from galbench.analysis.stats import analyse, cost_medians
 
     def run(variant, seed, flops):
         return {"variant": variant, "seed": seed, "test_accuracy": 0.8, "best_val_accuracy": 0.8,

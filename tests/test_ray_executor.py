@@ -15,10 +15,10 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray (the ray extra) is not installed")
 
-from galbench.catalog import read_catalog  # noqa: E402
-from galbench.executors import RayExecutor  # noqa: E402
-from galbench.runner import run_suite  # noqa: E402
-from galbench.suite import load_suite  # noqa: E402
+from galbench.data.catalog import read_catalog  # noqa: E402
+from galbench.experiment.executors import RayExecutor  # noqa: E402
+from galbench.experiment.runner import run_suite  # noqa: E402
+from galbench.experiment.suite import load_suite  # noqa: E402
 from tests.conftest import write_suite  # noqa: E402
 
 
@@ -87,17 +87,17 @@ def test_a_killed_worker_is_retried_from_its_last_checkpoint(cluster, tmp_path):
     assert [e["epochs"] for e in events if e["event"] == "eval"] == [k / 2 for k in range(1, 17)]
     results = json.loads((out / "results.json").read_text())["runs"]
     assert results[0]["retries"] >= 1 and results[0]["finished"]
-    from galbench.report import load_report, markdown_report
+    from galbench.analysis.report import load_report, markdown_report
 
     report = load_report(out)
     assert "retried" in markdown_report(report, [])
 
 
 def test_sharded_classification_equals_unsharded_row_for_row(cluster, finished_suite, tmp_path, monkeypatch):
-    from galbench.catalog import write_catalog
-    from galbench.synth import SynthParams, synthesize
+    from galbench.data.catalog import write_catalog
+    from galbench.data.synth import SynthParams, synthesize
 
-    classify_module = importlib.import_module("galbench.classify")
+    classify_module = importlib.import_module("galbench.inference.classify")
     monkeypatch.setattr(classify_module, "CHUNK_ROWS", 64)
     catalog = tmp_path / "sim.fits"
     write_catalog(catalog, synthesize(SynthParams(n=300, size=64, seed=5, classes="elliptical,spiral,edge-on"),

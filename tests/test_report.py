@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from galbench.report import load_report
+from galbench.analysis.report import load_report
 
 
 def test_report_writes_markdown_html_json_and_plots(cli, finished_suite):

@@ -15,8 +15,8 @@ from astropy.io.votable import from_table, writeto
 from astropy.table import Table
 from PIL import Image
 
-from galbench import sdss
-from galbench.catalog import read_catalog
+from galbench.data import sdss
+from galbench.data.catalog import read_catalog
 
 N_ROWS = 500
 # fault by objid % 20: 1 -> 500 once, then fine; 2 -> always 500; 3 -> slower than the timeout; 4 -> truncated
@@ -179,7 +179,7 @@ def test_validation_rejects_every_kind_of_bad_answer():
 
 
 def test_classify_fetch_classifies_a_coordinates_only_catalog(cli, services, finished_suite, tmp_path):
-    from galbench.catalog import Catalog, write_catalog
+    from galbench.data.catalog import Catalog, write_catalog
 
     rows = [0, 20, 2, 40]  # row 2 always answers 500
     table = Table({"objid": np.asarray(rows, dtype=np.int64) + 1000,
@@ -201,9 +201,9 @@ def test_classify_fetch_classifies_a_coordinates_only_catalog(cli, services, fin
 
 
 def test_suite_ttype_bins_make_classes_from_a_ttype_column(tmp_path):
-    from galbench.catalog import Catalog, write_catalog
-    from galbench.data import map_classes
-    from galbench.suite import load_suite
+    from galbench.data.catalog import Catalog, write_catalog
+    from galbench.data.tensors import map_classes
+    from galbench.experiment.suite import load_suite
     from tests.conftest import write_suite
 
     ttype = np.array([-5, -2, 1, 4, 7, 10, 99])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from galbench import stats
+from galbench.analysis import stats
 
 
 def test_kaplan_meier_all_reached_is_the_plain_median():

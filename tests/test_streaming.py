@@ -28,7 +28,7 @@ def test_split_images_streams_when_over_budget():
     import numpy as np
     import torch
 
-    from galbench.data import SplitImages
+    from galbench.data.tensors import SplitImages
 
     images = np.random.default_rng(0).integers(0, 255, (100, 3, 64, 64), dtype=np.uint8)
     labels = np.arange(100) % 3

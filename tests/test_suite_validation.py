@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from galbench.errors import GalbenchError
-from galbench.suite import apply_overrides, load_suite, parse_override
+from galbench.experiment.suite import apply_overrides, load_suite, parse_override
 from tests.conftest import write_suite
 
 

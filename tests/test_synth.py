@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from galbench.catalog import read_catalog
+from galbench.data.catalog import read_catalog
+from galbench.data.synth import SynthParams, class_labels, synthesize
 from galbench.errors import GalbenchError
-from galbench.synth import SynthParams, class_labels, synthesize
 
 
 def test_same_arguments_give_byte_identical_files_whatever_the_workers(cli, tmp_path):

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from galbench.catalog import Catalog  # noqa: E402
+from galbench.data.catalog import Catalog  # noqa: E402
 from galbench.fileio import atomic_path  # noqa: E402
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table as RichTable
 
-from galbench import stats
-from galbench.catalog import Catalog
+from galbench.analysis import stats
+from galbench.data.catalog import Catalog
 from galbench.errors import GalbenchError
 
 
@@ -104,7 +104,7 @@ class SuiteReport:
 
 def load_report(run_dir: str | Path) -> SuiteReport:
     """Recompute a suite's results and statistics from a run directory's files (no retraining)."""
-    from galbench.train import EventLog, results_from_events
+    from galbench.experiment.train import EventLog, results_from_events
 
     run_dir = Path(run_dir)
     suite_file = run_dir / "suite.resolved.json"
@@ -326,7 +326,7 @@ def _markdown_table(columns, rows) -> str:
 
 def figures(report: SuiteReport) -> dict[str, bytes]:
     """The report's plots as PNG bytes, by file name."""
-    from galbench import plots
+    from galbench.analysis import plots
 
     images = {
         "learning_curves.png": plots.learning_curves(report.runs, "epochs", "epochs"),
@@ -439,8 +439,8 @@ def report_json(report: SuiteReport) -> dict:
 
 def write_report(run_dir: str | Path) -> tuple[SuiteReport, list[Path]]:
     """Write report.md, report.html, report.json and the plot PNGs into the run directory."""
+    from galbench.analysis.plots import save_png
     from galbench.fileio import write_json_atomic, write_text_atomic
-    from galbench.plots import save_png
 
     report = load_report(run_dir)
     images = figures(report)

@@ -115,7 +115,7 @@ def read_catalog(path: str | os.PathLike, require_images: bool = True) -> Catalo
             raise _fail(path, None, f"not a readable FITS file ({exc})") from None
     if "CATALOG" not in names:
         raise _fail(path, None, f"no CATALOG HDU (found {names})",
-                    "write catalogs with galbench data synth/import or galbench.catalog.write_catalog")
+                    "write catalogs with galbench data synth/import or galbench.data.catalog.write_catalog")
     cat_hdu = hdul["CATALOG"]
     if not isinstance(cat_hdu, fits.BinTableHDU):
         raise _fail(path, "CATALOG", "is not a binary table")

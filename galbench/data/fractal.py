@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from astropy.table import Table
 
-from galbench.catalog import Catalog
+from galbench.data.catalog import Catalog
 from galbench.errors import GalbenchError
 
 CHAINS = 32

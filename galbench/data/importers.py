@@ -13,7 +13,7 @@ import numpy as np
 from astropy.table import Table
 from PIL import Image, UnidentifiedImageError
 
-from galbench.catalog import Catalog
+from galbench.data.catalog import Catalog
 from galbench.errors import GalbenchError
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".fits", ".fit")

@@ -30,7 +30,7 @@ import numpy as np
 from astropy.table import Table
 from PIL import Image
 
-from galbench.catalog import Catalog
+from galbench.data.catalog import Catalog
 from galbench.errors import GalbenchError
 from galbench.fileio import atomic_path, cache_dir
 

@@ -29,13 +29,14 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import galsim
 import numpy as np
 from astropy.table import Table
 from astropy.visualization import make_lupton_rgb
 
-from galbench.catalog import Catalog
+from galbench.data.catalog import Catalog
 from galbench.errors import GalbenchError
 
 SDSS_PIXSCALE = 0.396  # arcsec per pixel
@@ -289,3 +290,20 @@ def synthesize(params: SynthParams, workers: int | None = None,
     source = "galbench synth " + " ".join(f"{k}={v}" for k, v in asdict(params).items())
     return Catalog(table=table, classes=names, images=images, bands="i,r,g",
                    pixscale=float(np.median(table["pixscale"])), source=source)
+
+
+def cached_synth_catalog(params: dict, progress_factory=None) -> Path:
+    """The cached FITS file of a synth table, generated on first use (keyed by the parameters' hash)."""
+    from galbench.data.catalog import write_catalog
+    from galbench.fileio import cache_dir, content_hash
+
+    path = cache_dir("synth") / f"synth-{content_hash(params)}.fits"
+    if not path.exists():
+        synth = SynthParams(**params)
+        if progress_factory is None:
+            catalog = synthesize(synth)
+        else:
+            with progress_factory("simulating galaxies", synth.n, "galaxies") as advance:
+                catalog = synthesize(synth, progress=advance)
+        write_catalog(path, catalog)
+    return path

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from galbench.catalog import Catalog
+from galbench.data.catalog import Catalog
 from galbench.errors import GalbenchError
-from galbench.models import IMAGENET_MEAN, IMAGENET_STD
+from galbench.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
 PREPARE_CHUNK = 512
 
@@ -28,7 +28,7 @@ def map_classes(catalog: Catalog, mapping: dict[str, list[int | str]] | None,
     `mapping` regroups the catalog's classes; `ttype_bins` makes classes from a `ttype` column instead.
     """
     if ttype_bins is not None:
-        from galbench.sdss import labels_from_ttype
+        from galbench.data.sdss import labels_from_ttype
 
         if "ttype" not in catalog.table.colnames:
             raise GalbenchError("data.ttype_bins needs a 'ttype' column in the catalog", where=str(catalog.path))

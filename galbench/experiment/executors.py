@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
+from galbench.cluster import connect_ray
 from galbench.errors import GalbenchError
+from galbench.experiment.train import EventLog, RunSpec, results_from_events
+from galbench.experiment.train import run as train_run
 from galbench.fileio import atomic_path, write_json_atomic
-from galbench.train import EventLog, RunSpec, results_from_events
-from galbench.train import run as train_run
 
 RUN_FILES = ("events.jsonl", "last.pt", "best.pt", "final.pt")
 
@@ -42,7 +43,7 @@ class LocalExecutor:
 
     def resolve_inits(self, suite, base: Path, device: torch.device, display=None) -> dict:
         """{variant name: (state dict or None, pretraining cost)}, pretraining on demand here."""
-        from galbench.runner import resolve_init
+        from galbench.experiment.inits import resolve_init
 
         return {v.name: resolve_init(v, suite, base, device, display) for v in suite.variant}
 
@@ -86,7 +87,7 @@ def _split_payload(split) -> dict:
 def _split_from_payload(payload: dict, device: torch.device):
     import numpy as np
 
-    from galbench.data import SplitImages
+    from galbench.data.tensors import SplitImages
 
     rows = np.arange(len(payload["labels"]))
     return SplitImages.build(payload["images"], rows, payload["labels"], 1.0, payload["size"], device, 2**62)
@@ -95,7 +96,7 @@ def _split_from_payload(payload: dict, device: torch.device):
 def _remote_train(spec: RunSpec, init: tuple, data: dict, files: dict[str, bytes], name: str, queue,
                   threads: int) -> dict:
     """Body of a Ray task: train one run in a scratch folder, streaming its files to the driver."""
-    from galbench.train import resolve_device
+    from galbench.experiment.train import resolve_device
 
     torch.set_num_threads(threads)
     queue.put(("pid", name, os.getpid()))
@@ -112,27 +113,10 @@ def _remote_train(spec: RunSpec, init: tuple, data: dict, files: dict[str, bytes
 
 def _remote_pretrain(variant, suite, base: str, device_spec: str) -> tuple:
     """Body of a Ray task: one pretraining, made (or found in the worker's cache) on a worker."""
-    from galbench.runner import resolve_init
-    from galbench.train import resolve_device
+    from galbench.experiment.inits import resolve_init
+    from galbench.experiment.train import resolve_device
 
     return resolve_init(variant, suite, Path(base), resolve_device(device_spec))
-
-
-def connect_ray(address: str | None):
-    """The `ray` module, connected to a cluster (`auto`, ray://HOST:PORT) or to a Ray started here."""
-    try:
-        import ray
-    except ImportError:
-        raise GalbenchError("the Ray executor needs Ray", fix="pip install 'galbench[ray]'") from None
-    if not ray.is_initialized():
-        cache = os.environ.get("GALBENCH_CACHE")
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"GALBENCH_CACHE": cache}} if cache else None)
-        except Exception as exc:  # noqa: BLE001 - connection errors of several kinds
-            raise GalbenchError(f"cannot reach the Ray cluster ({type(exc).__name__}: {exc})",
-                                where=str(address or "local Ray")) from None
-    return ray
 
 
 class RayExecutor:
@@ -147,7 +131,7 @@ class RayExecutor:
 
     def resolve_inits(self, suite, base: Path, device: torch.device, display=None) -> dict:
         """Files are read here; each pretraining becomes one task whose result the runs wait for."""
-        from galbench.runner import resolve_init
+        from galbench.experiment.inits import resolve_init
 
         remote = self.ray.remote(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run)(_remote_pretrain)
         inits, pending = {}, {}

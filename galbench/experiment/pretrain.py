@@ -15,15 +15,23 @@ from pathlib import Path
 
 import torch
 
-from galbench.catalog import Catalog, read_catalog
-from galbench.data import SplitImages, stratified_split
+from galbench.data.catalog import Catalog, read_catalog
+from galbench.data.fractal import FractalParams, generate
+from galbench.data.synth import cached_synth_catalog
+from galbench.data.tensors import SplitImages, stratified_split
 from galbench.errors import GalbenchError
+from galbench.experiment.suite import (
+    AugmentSection,
+    FractalSection,
+    PretrainedSection,
+    Suite,
+    TrainSection,
+    Variant,
+)
+from galbench.experiment.train import RunSpec, save_checkpoint
+from galbench.experiment.train import run as train_run
 from galbench.fileio import cache_dir, content_hash
-from galbench.fractal import FractalParams, generate
-from galbench.models import build_model, load_checkpoint
-from galbench.suite import AugmentSection, FractalSection, PretrainedSection, Suite, TrainSection, Variant
-from galbench.train import RunSpec, save_checkpoint
-from galbench.train import run as train_run
+from galbench.models.registry import build_model, load_checkpoint
 
 PRETRAIN_SPLIT = (0.85, 0.1, 0.05)
 
@@ -99,11 +107,9 @@ def ensure_for_variant(variant: Variant, suite: Suite, base: Path, device: torch
 def ensure_catalog_pretraining(section: PretrainedSection, model: str, suite: Suite, base: Path,
                                device: torch.device, display=None) -> Path:
     """Pretraining on another catalog (a FITS path or a synth table), cached by its parameters."""
-    from galbench.runner import synth_catalog
-
     image_size = section.image_size or suite.data.image_size
     if section.synth is not None:
-        catalog_file = synth_catalog(section.synth, display.bar if display else None)
+        catalog_file = cached_synth_catalog(section.synth.model_dump(), display.bar if display else None)
         identity = {"synth": section.synth.model_dump()}
     else:
         catalog_file = Path(section.catalog) if Path(section.catalog).is_absolute() else base / section.catalog

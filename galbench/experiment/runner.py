@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 
 from galbench import __version__
-from galbench.catalog import Catalog, read_catalog, write_catalog
-from galbench.data import SplitImages, map_classes, stratified_split
+from galbench.data.catalog import Catalog, read_catalog
+from galbench.data.synth import cached_synth_catalog
+from galbench.data.tensors import SplitImages, map_classes, stratified_split
 from galbench.errors import GalbenchError
-from galbench.fileio import cache_dir, content_hash, write_json_atomic, write_text_atomic
-from galbench.models import imagenet_state_dict, load_checkpoint
-from galbench.suite import Suite, SynthSection, Variant
-from galbench.train import RunSpec, resolve_device, resolve_precision
+from galbench.experiment.suite import Suite
+from galbench.experiment.train import RunSpec, resolve_device, resolve_precision
+from galbench.fileio import write_json_atomic, write_text_atomic
 
 
 @dataclass
@@ -38,26 +38,10 @@ class PreparedData:
     catalog: Catalog
 
 
-def synth_catalog(params: SynthSection, progress_factory=None) -> Path:
-    """The cached FITS file of a synth table, generated on first use (keyed by the parameters' hash)."""
-    from galbench.synth import SynthParams, synthesize
-
-    path = cache_dir("synth") / f"synth-{content_hash(params.model_dump())}.fits"
-    if not path.exists():
-        synth = SynthParams(**params.model_dump())
-        if progress_factory is None:
-            catalog = synthesize(synth)
-        else:
-            with progress_factory("simulating galaxies", synth.n, "galaxies") as advance:
-                catalog = synthesize(synth, progress=advance)
-        write_catalog(path, catalog)
-    return path
-
-
 def catalog_path(suite: Suite, base: Path, progress_factory=None) -> Path:
     """The suite's catalog file: its own path (relative to the suite file) or the cached synth file."""
     if suite.data.synth is not None:
-        return synth_catalog(suite.data.synth, progress_factory)
+        return cached_synth_catalog(suite.data.synth.model_dump(), progress_factory)
     path = Path(suite.data.catalog)
     path = path if path.is_absolute() else base / path
     if not path.exists():
@@ -76,32 +60,6 @@ def prepare_data(suite: Suite, path: Path, device: torch.device) -> PreparedData
     splits = {name: SplitImages.build(catalog.images, index, labels, suite.data.crop, suite.data.image_size,
                                       device, budget) for name, index in rows.items()}
     return PreparedData(classes, splits["train"], splits["val"], splits["test"], catalog)
-
-
-def resolve_init(variant: Variant, suite: Suite, base: Path, device: torch.device,
-                 display=None) -> tuple[dict | None, dict]:
-    """The initial weights of a variant (None for scratch) and what they cost to make (pretraining)."""
-    kind, _, value = variant.init.partition(":")
-    if kind == "scratch":
-        return None, {}
-    if kind == "imagenet":
-        if variant.model != "alexnet":
-            raise GalbenchError(f"variant {variant.name!r}: ImageNet weights fit only model 'alexnet', "
-                                f"not {variant.model!r}")
-        return imagenet_state_dict(_relative(value, base) if value else None), {}
-    if kind == "checkpoint":
-        checkpoint = load_checkpoint(_relative(value, base))
-        return checkpoint["state_dict"], checkpoint.get("meta", {}).get("pretrain_cost", {})
-    from galbench import pretrain
-
-    checkpoint_path = pretrain.ensure_for_variant(variant, suite, base, device, display)
-    checkpoint = load_checkpoint(checkpoint_path)
-    return checkpoint["state_dict"], checkpoint["meta"].get("pretrain_cost", {})
-
-
-def _relative(value: str, base: Path) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else base / path
 
 
 def cpu_name() -> str:
@@ -132,7 +90,7 @@ def default_out_dir(suite: Suite) -> Path:
 def run_suite(suite: Suite, base: Path, out: Path | None = None, device_override: str | None = None,
               display=None, executor=None) -> tuple[Path, list[dict]]:
     """Train every (variant, seed) run of a suite, skipping finished runs; returns the run dir and results."""
-    from galbench.executors import RunJob, make_executor
+    from galbench.experiment.executors import RunJob, make_executor
 
     out = Path(out) if out else default_out_dir(suite)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,7 +150,7 @@ def _pretrain_cost(executor, init) -> dict:
 
 def export_winners(out: Path, results: list[dict], data: PreparedData) -> dict[str, Path]:
     """Export each variant's best run (best validation accuracy) and the overall winner to ONNX."""
-    from galbench.export import export_onnx
+    from galbench.inference.export import export_onnx
 
     finished = [r for r in results if r["finished"]]
     if not finished:

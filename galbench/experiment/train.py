@@ -22,18 +22,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from galbench.accounting import Costs, EnergyMeter, Stopwatch, flops_per_sample, threshold_crossings
-from galbench.data import Normalizer, SplitImages, augment
+from galbench.data.tensors import Normalizer, SplitImages, augment
 from galbench.errors import GalbenchError
+from galbench.experiment.accounting import (
+    Costs,
+    EnergyMeter,
+    Stopwatch,
+    flops_per_sample,
+    threshold_crossings,
+)
+from galbench.experiment.suite import AugmentSection, TrainSection
 from galbench.fileio import atomic_path
-from galbench.models import (
+from galbench.models.registry import (
     CHECKPOINT_FORMAT,
     apply_finetune_policy,
     build_model,
     load_backbone,
     load_checkpoint,
 )
-from galbench.suite import AugmentSection, TrainSection
 
 
 @dataclass

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from astropy.table import Table
 
-from galbench.catalog import Catalog, read_catalog, release_pages, write_catalog
-from galbench.data import prepare_images
+from galbench.data.catalog import Catalog, read_catalog, release_pages, write_catalog
+from galbench.data.tensors import prepare_images
 from galbench.errors import GalbenchError
-from galbench.export import deployed_from_checkpoint, read_metadata
 from galbench.fileio import file_sha256, write_json_atomic
-from galbench.models import load_checkpoint
+from galbench.inference.export import deployed_from_checkpoint, read_metadata
+from galbench.models.registry import load_checkpoint
 
 CHUNK_ROWS = 8192
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -139,7 +139,7 @@ class _Source:
             # copy out of the memory map here, in the prefetch thread, so page faults overlap inference
             rows = np.array(self.catalog.images[start:stop])
             return prepare_images(rows, self.crop, self.size).numpy(), np.zeros(stop - start, bool)
-        from galbench.importers import load_image
+        from galbench.data.importers import load_image
 
         images = np.zeros((stop - start, 3, self.size, self.size), np.uint8)
         bad = np.zeros(stop - start, bool)
@@ -266,7 +266,7 @@ def classify(input_path: str | Path, model: str | Path | None = None, run: str |
 
 def _fetch_cutouts(catalog: Catalog, meta: dict, fetch: dict, skip_bad: bool, input_path: Path) -> str:
     """Fetch (or find cached) the SDSS cutouts of a coordinates-only catalog; returns the path column's name."""
-    from galbench import sdss
+    from galbench.data import sdss
 
     for column in ("ra", "dec"):
         if column not in catalog.table.colnames:
@@ -313,7 +313,7 @@ def _remote_classify(model_bytes: bytes, input_size: int, batch_size: int, image
 
 def _ray_chunks(todo, source: _Source, model_path: Path, meta: dict, batch_size: int, address, progress):
     """Classify shards as Ray tasks where workers are free; yield them in row order as they complete."""
-    from galbench.executors import connect_ray
+    from galbench.cluster import connect_ray
 
     ray = connect_ray(address)
     remote = ray.remote(num_cpus=1)(_remote_classify)

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from galbench import __version__
-from galbench.data import Normalizer, prepare_images
+from galbench.data.tensors import Normalizer, prepare_images
 from galbench.errors import GalbenchError
 from galbench.fileio import atomic_path, file_sha256
-from galbench.models import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint
+from galbench.models.registry import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint
 
 MAX_LOGIT_DIFFERENCE = 1e-3
 FP16_MAX_LOGIT_DIFFERENCE, FP16_MIN_AGREEMENT = 0.05, 0.99  # half precision rounds; it may flip a near-tie

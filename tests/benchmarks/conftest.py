@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from galbench.catalog import Catalog, write_catalog
-from galbench.runner import cpu_name
-from galbench.synth import SynthParams, synthesize
+from galbench.data.catalog import Catalog, write_catalog
+from galbench.data.synth import SynthParams, synthesize
+from galbench.experiment.runner import cpu_name
 
 
 def device_name() -> str:

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from galbench.bench import tiled
-from galbench.catalog import read_catalog, write_catalog
-from galbench.classify import classify
-from galbench.export import export_onnx
-from galbench.models import CHECKPOINT_FORMAT, build_model
+from galbench.data.catalog import read_catalog, write_catalog
+from galbench.inference.classify import classify
+from galbench.inference.export import export_onnx
+from galbench.models.registry import CHECKPOINT_FORMAT, build_model
 from tests.benchmarks.conftest import record
 
 BATCH = 256
@@ -79,8 +79,8 @@ def test_bare_backend_forward(benchmark, exported, catalog_file, backend):
     if backend == "onnxruntime":
         run = _bare_onnxruntime(exported, images)
     else:
-        from galbench.export import deployed_from_checkpoint
-        from galbench.models import load_checkpoint
+        from galbench.inference.export import deployed_from_checkpoint
+        from galbench.models.registry import load_checkpoint
 
         model = deployed_from_checkpoint(load_checkpoint(exported.with_suffix(".pt")))
 

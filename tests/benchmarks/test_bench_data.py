@@ -6,10 +6,10 @@ import shutil
 
 import numpy as np
 
-from galbench.catalog import read_catalog
-from galbench.fractal import FractalParams, generate
-from galbench.importers import import_folder_csv, parse_class_map
-from galbench.synth import SynthParams, synthesize
+from galbench.data.catalog import read_catalog
+from galbench.data.fractal import FractalParams, generate
+from galbench.data.importers import import_folder_csv, parse_class_map
+from galbench.data.synth import SynthParams, synthesize
 from tests.benchmarks.conftest import record
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from galbench.bench import bare_loop
-from galbench.data import Normalizer, SplitImages
-from galbench.models import build_model
-from galbench.suite import AugmentSection, TrainSection
-from galbench.train import RunSpec, Trainer, evaluate
+from galbench.data.tensors import Normalizer, SplitImages
+from galbench.experiment.suite import AugmentSection, TrainSection
+from galbench.experiment.train import RunSpec, Trainer, evaluate
+from galbench.models.registry import build_model
 from tests.benchmarks.conftest import record
 
 BATCH = 64

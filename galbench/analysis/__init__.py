@@ -1,0 +1,1 @@
+"""Analysis: statistics (pure functions), plots, and the report renderers."""

@@ -1,0 +1,1 @@
+"""Data: the catalog FITS format, simulated galaxies, importers, SDSS fetching, fractals, training tensors."""

@@ -1,0 +1,38 @@
+"""A variant's starting weights: none (scratch), ImageNet, a checkpoint file, or a pretraining made on demand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from galbench.errors import GalbenchError
+from galbench.experiment.suite import Suite, Variant
+from galbench.models.registry import imagenet_state_dict, load_checkpoint
+
+
+def resolve_init(variant: Variant, suite: Suite, base: Path, device: torch.device,
+                 display=None) -> tuple[dict | None, dict]:
+    """The initial weights of a variant (None for scratch) and what they cost to make (pretraining)."""
+    kind, _, value = variant.init.partition(":")
+    if kind == "scratch":
+        return None, {}
+    if kind == "imagenet":
+        if variant.model != "alexnet":
+            raise GalbenchError(f"variant {variant.name!r}: ImageNet weights fit only model 'alexnet', "
+                                f"not {variant.model!r}")
+        return imagenet_state_dict(relative_path(value, base) if value else None), {}
+    if kind == "checkpoint":
+        checkpoint = load_checkpoint(relative_path(value, base))
+        return checkpoint["state_dict"], checkpoint.get("meta", {}).get("pretrain_cost", {})
+    from galbench.experiment import pretrain
+
+    checkpoint_path = pretrain.ensure_for_variant(variant, suite, base, device, display)
+    checkpoint = load_checkpoint(checkpoint_path)
+    return checkpoint["state_dict"], checkpoint["meta"].get("pretrain_cost", {})
+
+
+def relative_path(value: str, base: Path) -> Path:
+    """A path from a suite file: absolute, or relative to the suite file's folder."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path

@@ -1,0 +1,1 @@
+"""Inference: ONNX export, calibration, quantisation, and catalog classification."""

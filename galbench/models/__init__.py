@@ -1,0 +1,1 @@
+"""Models: the registry (AlexNet variants, timm), weight sources and fine-tuning policies."""
