@@ -59,7 +59,8 @@ def _seed_catalog(size: int, n: int = 1000) -> Catalog:
 
 def _model(folder: Path, sample: np.ndarray, size: int, classes: list[str], model: str) -> Path:
     from galbench.inference.export import export_onnx
-    from galbench.models.registry import CHECKPOINT_FORMAT, build_model
+    from galbench.models.registry import build_model
+    from galbench.models.weights import CHECKPOINT_FORMAT
 
     torch.manual_seed(0)
     network = build_model(model, len(classes))

@@ -168,7 +168,7 @@ def _cmd_pretrain_catalog(args) -> None:
 
 
 def _print_checkpoint_cost(path: Path) -> None:
-    from galbench.models.registry import load_checkpoint
+    from galbench.models.weights import load_checkpoint
 
     meta = load_checkpoint(path)["meta"]
     cost = meta["pretrain_cost"]

@@ -12,7 +12,7 @@ import pytest
 from galbench.data.catalog import Catalog, read_catalog, write_catalog
 from galbench.inference.classify import classify, provider_options
 from galbench.inference.export import read_metadata
-from galbench.models.registry import load_checkpoint
+from galbench.models.weights import load_checkpoint
 
 classify_module = importlib.import_module("galbench.inference.classify")
 

@@ -7,7 +7,9 @@ import torch
 import torchvision
 
 from galbench.errors import GalbenchError
-from galbench.models.registry import apply_finetune_policy, build_model, imagenet_state_dict, load_checkpoint
+from galbench.models.finetune import apply_finetune_policy
+from galbench.models.registry import build_model
+from galbench.models.weights import imagenet_state_dict, load_checkpoint
 from tests.conftest import write_suite
 
 WEIGHTS_NAME = "alexnet-owt-7be5be79.pth"

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from galbench.data.fractal import FractalParams, class_systems, generate
-from galbench.models.registry import load_checkpoint
+from galbench.models.weights import load_checkpoint
 from tests.conftest import write_suite
 
 

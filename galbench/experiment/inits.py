@@ -8,7 +8,7 @@ import torch
 
 from galbench.errors import GalbenchError
 from galbench.experiment.suite import Suite, Variant
-from galbench.models.registry import imagenet_state_dict, load_checkpoint
+from galbench.models.weights import imagenet_state_dict, load_checkpoint
 
 
 def resolve_init(variant: Variant, suite: Suite, base: Path, device: torch.device,

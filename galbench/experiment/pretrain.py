@@ -31,7 +31,8 @@ from galbench.experiment.suite import (
 from galbench.experiment.train import RunSpec, save_checkpoint
 from galbench.experiment.train import run as train_run
 from galbench.fileio import cache_dir, content_hash
-from galbench.models.registry import build_model, load_checkpoint
+from galbench.models.registry import build_model
+from galbench.models.weights import load_checkpoint
 
 PRETRAIN_SPLIT = (0.85, 0.1, 0.05)
 

@@ -33,13 +33,9 @@ from galbench.experiment.accounting import (
 )
 from galbench.experiment.suite import AugmentSection, TrainSection
 from galbench.fileio import atomic_path
-from galbench.models.registry import (
-    CHECKPOINT_FORMAT,
-    apply_finetune_policy,
-    build_model,
-    load_backbone,
-    load_checkpoint,
-)
+from galbench.models.finetune import apply_finetune_policy
+from galbench.models.registry import build_model
+from galbench.models.weights import CHECKPOINT_FORMAT, load_backbone, load_checkpoint
 
 
 @dataclass

@@ -26,7 +26,7 @@ from galbench.data.tensors import prepare_images
 from galbench.errors import GalbenchError
 from galbench.fileio import file_sha256, write_json_atomic
 from galbench.inference.export import deployed_from_checkpoint, read_metadata
-from galbench.models.registry import load_checkpoint
+from galbench.models.weights import load_checkpoint
 
 CHUNK_ROWS = 8192
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")

@@ -9,7 +9,6 @@ The checkpoint is copied beside the ONNX file (same name, `.pt`) for the torch b
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -22,26 +21,12 @@ from galbench import __version__
 from galbench.data.tensors import Normalizer, prepare_images
 from galbench.errors import GalbenchError
 from galbench.fileio import atomic_path, file_sha256
-from galbench.models.registry import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint
+from galbench.models.registry import IMAGENET_MEAN, IMAGENET_STD, build_model
+from galbench.models.weights import load_checkpoint
 
 MAX_LOGIT_DIFFERENCE = 1e-3
 FP16_MAX_LOGIT_DIFFERENCE, FP16_MIN_AGREEMENT = 0.05, 0.99  # half precision rounds; it may flip a near-tie
 OPSET = 17
-
-
-class FixedAdaptivePool(nn.Module):
-    """AdaptiveAvgPool2d for one known input size, as two matrix products (exportable for any size)."""
-
-    def __init__(self, in_size: int, out_size: int):
-        super().__init__()
-        weights = torch.zeros(out_size, in_size)
-        for i in range(out_size):
-            start, end = (i * in_size) // out_size, math.ceil((i + 1) * in_size / out_size)
-            weights[i, start:end] = 1.0 / (end - start)
-        self.register_buffer("weights", weights)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(torch.matmul(self.weights, x), self.weights.t())
 
 
 class DeployedClassifier(nn.Module):
@@ -51,9 +36,8 @@ class DeployedClassifier(nn.Module):
         super().__init__()
         self.normalizer = Normalizer()
         self.model = model
-        with torch.no_grad():
-            side = model.features(torch.zeros(1, 3, image_size, image_size)).shape[-1]
-        self.model.avgpool = FixedAdaptivePool(side, 6)
+        if hasattr(model, "prepare_for_export"):
+            model.prepare_for_export(image_size)
 
     def forward(self, images: torch.Tensor):
         logits = self.model(self.normalizer(images))

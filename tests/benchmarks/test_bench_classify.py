@@ -14,7 +14,8 @@ from galbench.bench import tiled
 from galbench.data.catalog import read_catalog, write_catalog
 from galbench.inference.classify import classify
 from galbench.inference.export import export_onnx
-from galbench.models.registry import CHECKPOINT_FORMAT, build_model
+from galbench.models.registry import build_model
+from galbench.models.weights import CHECKPOINT_FORMAT
 from tests.benchmarks.conftest import record
 
 BATCH = 256
@@ -80,7 +81,7 @@ def test_bare_backend_forward(benchmark, exported, catalog_file, backend):
         run = _bare_onnxruntime(exported, images)
     else:
         from galbench.inference.export import deployed_from_checkpoint
-        from galbench.models.registry import load_checkpoint
+        from galbench.models.weights import load_checkpoint
 
         model = deployed_from_checkpoint(load_checkpoint(exported.with_suffix(".pt")))
 

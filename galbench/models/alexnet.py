@@ -1,0 +1,97 @@
+"""AlexNet (torchvision's layout) and narrower variants for the CPU.
+
+All variants keep torchvision's AlexNet layout (`features`, `avgpool`, `classifier` with the same indices),
+so ImageNet weights load by name into `alexnet`, and layer names such as `features.6` mean the same thing
+in every variant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from galbench.models.registry import register_model
+
+
+class FixedAdaptivePool(nn.Module):
+    """AdaptiveAvgPool2d for one known input size, as two matrix products (exportable for any size)."""
+
+    def __init__(self, in_size: int, out_size: int):
+        super().__init__()
+        weights = torch.zeros(out_size, in_size)
+        for i in range(out_size):
+            start, end = (i * in_size) // out_size, math.ceil((i + 1) * in_size / out_size)
+            weights[i, start:end] = 1.0 / (end - start)
+        self.register_buffer("weights", weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(torch.matmul(self.weights, x), self.weights.t())
+
+
+class AlexNet(nn.Module):
+    """torchvision's AlexNet with scalable widths; the default widths give torchvision's model exactly."""
+
+    head_name = "classifier.6"
+
+    def __init__(self, num_classes: int, channels=(64, 192, 384, 256, 256), hidden: int = 4096,
+                 dropout: float = 0.5):
+        super().__init__()
+        c1, c2, c3, c4, c5 = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(3, c1, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(c1, c2, kernel_size=5, padding=2), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(c2, c3, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c3, c4, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c4, c5, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=dropout), nn.Linear(c5 * 36, hidden), nn.ReLU(inplace=True),
+            nn.Dropout(p=dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+        self.num_features = hidden
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def prepare_for_export(self, image_size: int) -> None:
+        """ONNX exports AdaptiveAvgPool2d only where the input side divides evenly: use fixed weights."""
+        with torch.no_grad():
+            side = self.features(torch.zeros(1, 3, image_size, image_size)).shape[-1]
+        self.avgpool = FixedAdaptivePool(side, 6)
+
+
+@register_model("alexnet", "torchvision AlexNet (61M parameters at 1000 classes), the paper's model; 224 px")
+def _alexnet(num_classes: int) -> nn.Module:
+    return AlexNet(num_classes)
+
+
+@register_model("alexnet-half", "AlexNet at half width (conv 32-96-192-128-128, hidden 2048)")
+def _alexnet_half(num_classes: int) -> nn.Module:
+    return AlexNet(num_classes, (32, 96, 192, 128, 128), 2048)
+
+
+@register_model("alexnet-small", "AlexNet at quarter width, hidden 256: CPU-sized, 64 px inputs")
+def _alexnet_small(num_classes: int) -> nn.Module:
+    return AlexNet(num_classes, (16, 48, 96, 64, 64), 256)
+
+
+@register_model("alexnet-tiny", "AlexNet at 1/8 width, hidden 64: for tests and smoke runs")
+def _alexnet_tiny(num_classes: int) -> nn.Module:
+    return AlexNet(num_classes, (8, 24, 48, 32, 32), 64, dropout=0.2)
+
+
