@@ -61,8 +61,11 @@ Choice of tests (documented in each function)
 
 from __future__ import annotations
 
+import itertools
+import math
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from scipy import stats
@@ -76,7 +79,11 @@ POWER = 0.8
 ACCURACY_ENDPOINTS = ("test_accuracy", "test_balanced_accuracy", "best_val_accuracy")
 COST_ENDPOINTS = {"epochs": "epochs", "samples": "samples", "flops": "train_flops",
                   "device_seconds": "device_seconds", "energy_joules": "energy_joules"}
+COST_SUMMARY_METRICS = ("train_flops", "device_seconds")
+_CHUNK = 32_768  # relabellings per block: bounds the memory of the vectorised statistics
 
+
+# --- values that may be open --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Bound:
@@ -92,11 +99,54 @@ class Bound:
         return self.side != "exact"
 
 
+def _bound_from_ends(low: float, high: float, note: str) -> Bound:
+    """A quantity known to lie in [low, high] (0 and inf meaning no bound on that side) as a Bound."""
+    if low == high:
+        return Bound(float(low))
+    if np.isinf(high) and low > 0:
+        return Bound(float(low), "at_least", note)
+    if low == 0 and np.isfinite(high):
+        return Bound(float(high), "at_most", note)
+    return Bound(None, "unknown", note)
+
+
+def _interval_from_ends(low, high, note: str, confidence: float = CONFIDENCE) -> tuple[Bound, Bound]:
+    """Percentile interval of bootstrap replicates that are each known only to lie in [low, high].
+
+    The interval's lower end lies between the (1-c)/2 quantiles of the replicates' lower and upper ends,
+    its upper end between their (1+c)/2 quantiles; where those differ the end is open, reported on its
+    conservative side (a lower end "at least x", an upper end "at most x", or beyond x where unbounded).
+    """
+    low, high = np.asarray(low, float), np.asarray(high, float)
+    tail = (1 - confidence) / 2
+    lower_low, lower_high = (float(np.quantile(x, tail, method="lower")) for x in (low, high))
+    upper_low, upper_high = (float(np.quantile(x, 1 - tail, method="higher")) for x in (low, high))
+    if lower_low == lower_high:
+        lower = Bound(lower_low)
+    elif lower_low > 0:
+        lower = Bound(lower_low, "at_least", note)
+    elif np.isfinite(lower_high):
+        lower = Bound(lower_high, "at_most", note)
+    else:
+        lower = Bound(None, "unknown", note)
+    if upper_low == upper_high:
+        upper = Bound(upper_high)
+    elif np.isfinite(upper_high):
+        upper = Bound(upper_high, "at_most", note)
+    elif upper_low > 0:
+        upper = Bound(upper_low, "at_least", note)
+    else:
+        upper = Bound(None, "unknown", note)
+    return lower, upper
+
+
+# --- endpoints and settings ---------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
 class Endpoint:
     """What is compared: an accuracy (higher is better) or a cost to reach a validation threshold."""
 
-    text: str  # as written in the suite: "test_accuracy", "epochs_to:0.8", "flops_to:0.85"
+    text: str  # as written in the suite, normalised: "test_accuracy", "epochs_to:0.8", "flops_to:0.85"
     kind: str  # "accuracy" or "time"
     field: str  # results-row key: "test_accuracy", ... or the cost key "epochs", "train_flops", ...
     threshold: float | None = None
@@ -104,7 +154,25 @@ class Endpoint:
     @classmethod
     def parse(cls, text: str, thresholds=None) -> Endpoint:
         """Parse an endpoint name; ValueError naming the valid forms where it is not one."""
-        raise NotImplementedError
+        text = str(text).strip()
+        if text in ACCURACY_ENDPOINTS:
+            return cls(text, "accuracy", text)
+        name, separator, value = text.partition("_to:")
+        forms = (f"{', '.join(ACCURACY_ENDPOINTS)}, or COST_to:THRESHOLD with COST one of "
+                 f"{', '.join(COST_ENDPOINTS)} (e.g. epochs_to:0.8)")
+        if not separator or name not in COST_ENDPOINTS:
+            raise ValueError(f"unknown endpoint {text!r}: use {forms}")
+        try:
+            threshold = float(value)
+        except ValueError:
+            raise ValueError(f"endpoint {text!r}: {value!r} is not a threshold; use {forms}") from None
+        if thresholds is not None:
+            match = [t for t in thresholds if math.isclose(t, threshold, abs_tol=1e-12)]
+            if not match:
+                raise ValueError(f"endpoint {text!r}: threshold {threshold:g} is not one of the suite's "
+                                 f"thresholds ({', '.join(f'{t:g}' for t in thresholds)})")
+            threshold = match[0]
+        return cls(f"{name}_to:{threshold:g}", "time", COST_ENDPOINTS[name], threshold)
 
 
 @dataclass(frozen=True)
@@ -119,8 +187,23 @@ class Settings:
     @classmethod
     def from_section(cls, section: dict | None, thresholds=None) -> Settings:
         """Settings from the [analysis] table (None or {}: defaults, declared=False); ValueError on bad keys."""
-        raise NotImplementedError
+        section = dict(section or {})
+        unknown = sorted(set(section) - {"primary", "alpha", "equivalence"})
+        if unknown:
+            raise ValueError(f"[analysis] has unknown keys {', '.join(unknown)}: use primary, alpha, equivalence")
+        alpha = section.get("alpha", 0.05)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+            raise ValueError(f"[analysis] alpha must be a number between 0 and 1, not {alpha!r}")
+        margin = section.get("equivalence")
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                                   or not 0 < margin < 1):
+            raise ValueError(f"[analysis] equivalence must be an accuracy margin between 0 and 1 (e.g. 0.01), "
+                             f"not {margin!r}")
+        primary = Endpoint.parse(section.get("primary", "test_accuracy"), thresholds)
+        return cls(primary, float(alpha), None if margin is None else float(margin), "primary" in section)
 
+
+# --- Kaplan-Meier -------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class KaplanMeier:
@@ -134,12 +217,55 @@ class KaplanMeier:
     survival: tuple[float, ...] = ()  # P(not yet reached) just after each of `times`
 
 
+def _km_medians(times, reached) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Kaplan-Meier medians of each row: (median, or the largest time where not reached; reached?).
+
+    Sorted by time with events before censorings at a tie, the product-limit factor of a tied group
+    (r - d) / r telescopes into one factor (r - i - 1) / (r - i) per event, with n - i at risk at sorted
+    position i; so S after position i is a product of integers. The median is the first event time with
+    S <= 1/2. Floats decide away from 1/2; within 1e-9 of it, Python integers decide exactly.
+    """
+    times, reached = np.atleast_2d(np.asarray(times, float)), np.atleast_2d(np.asarray(reached, bool))
+    rows, n = times.shape
+    order = np.lexsort((~reached, times), axis=-1)
+    times, reached = np.take_along_axis(times, order, -1), np.take_along_axis(reached, order, -1)
+    at_risk = n - np.arange(n)
+    with np.errstate(divide="ignore"):
+        log_survival = np.cumsum(np.where(reached, np.log((at_risk - 1) / at_risk), 0.0), axis=-1)
+    half = math.log(0.5)
+    below = reached & (log_survival <= half)
+    for row, column in zip(*np.nonzero(reached & (np.abs(log_survival - half) < 1e-9)), strict=True):
+        events = np.flatnonzero(reached[row, :column + 1])
+        below[row, column] = 2 * math.prod(int(n - i - 1) for i in events) <= math.prod(int(n - i) for i in events)
+    found = below.any(-1)
+    first = below.argmax(-1)
+    return np.where(found, times[np.arange(rows), first], times[:, -1]), found
+
+
+def kaplan_meier(times, reached) -> KaplanMeier:
+    """Kaplan-Meier estimate for times (reached=True) and censoring totals (reached=False); exact median."""
+    times, reached = np.asarray(times, float).ravel(), np.asarray(reached, bool).ravel()
+    if times.size == 0:
+        return KaplanMeier(0, 0, Bound(None, "unknown", "no runs"), 0.0)
+    event_times = np.unique(times[reached])
+    at_risk = (times[None, :] >= event_times[:, None]).sum(1)
+    events = ((times[None, :] == event_times[:, None]) & reached).sum(1)
+    survival = np.cumprod(1 - events / at_risk)
+    median, found = _km_medians(times, reached)
+    return KaplanMeier(int(times.size), int(reached.sum()),
+                       Bound(float(median[0])) if found[0] else Bound(float(median[0]), "at_least", "not reached"),
+                       float(1 - survival[-1]) if survival.size else 0.0,
+                       tuple(event_times.tolist()), tuple(survival.tolist()))
+
+
+# --- exact and Monte-Carlo permutation tests ----------------------------------------------------------------
+
 @dataclass(frozen=True)
 class HypothesisTest:
     """One test's outcome, with what the design could reach."""
 
     name: str  # "permutation log-rank", "permutation mean difference", "McNemar exact"
-    statistic: float  # log-rank chi-square, mean difference, or discordant count (min of the two)
+    statistic: float  # log-rank chi-square, |mean difference|, or McNemar's min(discordant counts)
     p_value: float  # two-sided
     p_floor: float  # the smallest p this design can give with these data (exact) or 1/(B+1) (Monte-Carlo)
     exact: bool  # True: every relabelling enumerated (or exact binomial); False: Monte-Carlo
@@ -147,28 +273,191 @@ class HypothesisTest:
     monte_carlo_se: float | None = None  # sqrt(p(1-p)/B) for Monte-Carlo p-values
 
 
-@dataclass(frozen=True)
-class Equivalence:
-    """Two one-sided tests (TOST) that the accuracy difference lies within +-margin."""
+@lru_cache(maxsize=4)
+def _all_memberships(n_total: int, n_a: int) -> np.ndarray:
+    """Every choice of n_a of n_total runs as arm A, as a read-only boolean (C(n_total, n_a), n_total) matrix."""
+    count = math.comb(n_total, n_a)
+    chosen = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(n_total), n_a)),
+                         dtype=np.intp, count=count * n_a).reshape(count, n_a)
+    membership = np.zeros((count, n_total), bool)
+    np.put_along_axis(membership, chosen, True, axis=1)
+    membership.flags.writeable = False
+    return membership
 
-    margin: float
-    p_value: float  # the larger of the two one-sided p-values
-    equivalent: bool  # p_value < alpha: the (1 - 2 alpha) CI lies inside (-margin, margin)
-    ci: tuple[float, float]  # the (1 - 2 alpha) interval of the difference
+
+def _permutation_test(name: str, statistic, n_a: int, n_total: int, seed: int) -> HypothesisTest:
+    """Two-sided p of statistic(membership) >= observed, the observed arm A being the first n_a runs.
+
+    `statistic` maps a boolean (P, n_total) membership matrix to P values, larger meaning more extreme.
+    Values within a relative 1e-9 of the observed count as ties (they are equal in exact arithmetic).
+    """
+    observed_membership = np.zeros((1, n_total), bool)
+    observed_membership[0, :n_a] = True
+    observed = float(statistic(observed_membership)[0])
+    count = math.comb(n_total, n_a)
+    if count <= EXACT_LIMIT:
+        memberships = _all_memberships(n_total, n_a)
+        values = np.concatenate([statistic(memberships[i:i + _CHUNK]) for i in range(0, count, _CHUNK)])
+        tolerance = 1e-9 * max(float(np.abs(values).max()), 1e-300)
+        p_value = np.count_nonzero(values >= observed - tolerance) / count
+        p_floor = np.count_nonzero(values >= values.max() - tolerance) / count
+        return HypothesisTest(name, observed, float(p_value), float(p_floor), True, count)
+    rng = np.random.default_rng(seed)
+    values = np.concatenate([
+        statistic(rng.permuted(np.repeat(observed_membership, min(_CHUNK, MONTE_CARLO_RESAMPLES - i), 0), axis=1))
+        for i in range(0, MONTE_CARLO_RESAMPLES, _CHUNK)])
+    tolerance = 1e-9 * max(float(np.abs(values).max()), abs(observed), 1e-300)
+    exceed = np.count_nonzero(values >= observed - tolerance)
+    p_value = float(exceed + 1) / (MONTE_CARLO_RESAMPLES + 1)
+    return HypothesisTest(name, observed, p_value, 1 / (MONTE_CARLO_RESAMPLES + 1), False, MONTE_CARLO_RESAMPLES,
+                          math.sqrt(p_value * (1 - p_value) / MONTE_CARLO_RESAMPLES))
+
+
+def _logrank_design(times, reached) -> tuple[np.ndarray, np.ndarray]:
+    """At-risk and event indicators (runs x distinct event times) of the pooled sample."""
+    event_times = np.unique(times[reached])
+    return (times[:, None] >= event_times[None, :]).astype(float), \
+        ((times[:, None] == event_times[None, :]) & reached[:, None]).astype(float)
+
+
+def _logrank_chi2(membership, at_risk, events) -> np.ndarray:
+    """Log-rank chi-square (O - E)^2 / V of arm A for each row of a membership matrix."""
+    total_at_risk, total_events = at_risk.sum(0), events.sum(0)
+    arm = membership.astype(float)
+    share = (arm @ at_risk) / total_at_risk
+    observed_minus_expected = (arm @ events - total_events * share).sum(1)
+    ties = np.where(total_at_risk > 1, total_events * (total_at_risk - total_events)
+                    / np.maximum(total_at_risk - 1, 1), 0.0)
+    variance = (share * (1 - share) * ties).sum(1)
+    safe = np.where(variance > 0, variance, 1.0)
+    return np.where(variance > 0, observed_minus_expected ** 2 / safe, 0.0)
+
+
+def logrank_statistic(times_a, reached_a, times_b, reached_b) -> float | None:
+    """The log-rank chi-square statistic (None where neither arm has an event)."""
+    times = np.concatenate([np.asarray(times_a, float), np.asarray(times_b, float)])
+    reached = np.concatenate([np.asarray(reached_a, bool), np.asarray(reached_b, bool)])
+    if not reached.any():
+        return None
+    membership = (np.arange(times.size) < len(times_a))[None, :]
+    return float(_logrank_chi2(membership, *_logrank_design(times, reached))[0])
+
+
+def permutation_logrank(times_a, reached_a, times_b, reached_b, seed: int = 0) -> HypothesisTest | None:
+    """Two-sided permutation log-rank test, conditional on the pooled times and censoring.
+
+    Arm labels are relabelled over the pooled (time, reached) pairs; the statistic is the log-rank
+    chi-square. Exact over all C(n_a + n_b, n_a) relabellings up to EXACT_LIMIT, else Monte-Carlo.
+    None where an arm is empty or no run of either arm reached the threshold (nothing to compare).
+    """
+    times = np.concatenate([np.asarray(times_a, float), np.asarray(times_b, float)])
+    reached = np.concatenate([np.asarray(reached_a, bool), np.asarray(reached_b, bool)])
+    n_a = len(times_a)
+    if not reached.any() or n_a == 0 or n_a == times.size:
+        return None
+    # the log-rank statistic depends on the times only through their order: equal orders share one test
+    ranks = np.unique(times, return_inverse=True)[1]
+    return _cached_logrank(tuple(ranks.tolist()), tuple(reached.tolist()), n_a, seed)
+
+
+@lru_cache(maxsize=256)
+def _cached_logrank(ranks: tuple, reached: tuple, n_a: int, seed: int) -> HypothesisTest:
+    design = _logrank_design(np.asarray(ranks, float), np.asarray(reached, bool))
+    return _permutation_test("permutation log-rank", lambda m: _logrank_chi2(m, *design), n_a, len(ranks), seed)
+
+
+def permutation_mean_difference(a, b, seed: int = 0) -> HypothesisTest:
+    """Two-sided two-sample permutation test of mean(a) - mean(b) (exact up to EXACT_LIMIT relabellings)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("a permutation test needs at least one value in each arm")
+    pooled = np.concatenate([a, b])
+    total = pooled.sum()
+
+    def difference(membership):
+        sums = membership.astype(float) @ pooled
+        return np.abs(sums / a.size - (total - sums) / b.size)
+
+    return _permutation_test("permutation mean difference", difference, a.size, pooled.size, seed)
+
+
+def mcnemar_exact(correct_a, correct_b) -> HypothesisTest:
+    """McNemar's exact test on paired per-image correctness: binomial on the discordant pairs."""
+    correct_a, correct_b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    if correct_a.shape != correct_b.shape:
+        raise ValueError("McNemar's test needs both runs' predictions on the same images")
+    only_a, only_b = int((correct_a & ~correct_b).sum()), int((~correct_a & correct_b).sum())
+    discordant = only_a + only_b
+    if discordant == 0:
+        return HypothesisTest("McNemar exact", 0.0, 1.0, 1.0, True, 0)
+    smaller = min(only_a, only_b)
+    p_value = min(1.0, 2 * float(stats.binom.cdf(smaller, discordant, 0.5)))
+    return HypothesisTest("McNemar exact", float(smaller), p_value, min(1.0, 2 * 0.5 ** discordant), True, 0)
+
+
+# --- effect sizes -------------------------------------------------------------------------------------------
+
+def _ratio_ends(median_v, found_v, median_b, found_b) -> tuple[np.ndarray, np.ndarray]:
+    """What each median ratio can be, [low, high], given medians that are exact (found) or lower bounds."""
+    median_v, median_b = np.asarray(median_v, float), np.asarray(median_b, float)
+    positive = median_b > 0
+    ratio = np.divide(median_v, median_b, out=np.zeros_like(median_v), where=positive)
+    return np.where(found_b & positive, ratio, 0.0), np.where(found_v & positive, ratio, np.inf)
+
+
+def km_median_ratio(times_v, reached_v, times_b, reached_b, seed: int = 0,
+                    resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[Bound, tuple[Bound, Bound]]:
+    """Ratio of KM medians (variant / baseline) with a percentile bootstrap CI recomputing KM within each arm.
+
+    Runs are resampled within each arm. A median not reached is only known to exceed the largest time,
+    so the ratio is then open ("at_least" where the variant's is not reached, "at_most" where the
+    baseline's is not, unknown where neither is); the interval ends are open where replicates are.
+    """
+    arms = [(np.asarray(times_v, float), np.asarray(reached_v, bool)),
+            (np.asarray(times_b, float), np.asarray(reached_b, bool))]
+    if min(times.size for times, _ in arms) == 0:
+        unknown = Bound(None, "unknown", "an arm has no runs")
+        return unknown, (unknown, unknown)
+    (median_v, found_v), (median_b, found_b) = (_km_medians(t, r) for t, r in arms)
+    note = "not reached in either arm" if not (found_v[0] or found_b[0]) else "median not reached"
+    if found_b[0] and median_b[0] == 0:
+        note = "baseline median is 0"
+    estimate = _bound_from_ends(*(float(x[0]) for x in _ratio_ends(median_v, found_v, median_b, found_b)), note)
+    if min(times.size for times, _ in arms) < 2:
+        unknown = Bound(None, "unknown", "one run in an arm: no interval")
+        return estimate, (unknown, unknown)
+    rng = np.random.default_rng(seed)
+    replicates = []
+    for times, reached in arms:
+        index = rng.integers(0, times.size, (resamples, times.size))
+        replicates.append(_km_medians(times[index], reached[index]))
+    (median_v, found_v), (median_b, found_b) = replicates
+    return estimate, _interval_from_ends(*_ratio_ends(median_v, found_v, median_b, found_b),
+                                         "medians not reached in some resamples")
+
+
+def probability_of_improvement(times_v, reached_v, times_b, reached_b) -> float | None:
+    """P(a variant run is faster than a baseline run) + P(tie) / 2, runs that never got there ranking slowest."""
+    v = np.where(np.asarray(reached_v, bool), np.asarray(times_v, float), np.inf)
+    b = np.where(np.asarray(reached_b, bool), np.asarray(times_b, float), np.inf)
+    if v.size == 0 or b.size == 0:
+        return None
+    return float(((v[:, None] < b[None, :]) + 0.5 * (v[:, None] == b[None, :])).mean())
 
 
 @dataclass(frozen=True)
 class DifferenceCI:
-    """A difference of mean accuracy (variant - baseline) with its interval and where the uncertainty comes from."""
+    """A difference of mean accuracy (variant - baseline), its interval and where the uncertainty comes from."""
 
     difference: float
-    low: float
-    high: float
+    low: float | None  # None where nothing is estimable (one run per arm and no per-image predictions)
+    high: float | None
     se: float  # two-level bootstrap standard error (seeds and test galaxies)
-    se_seeds: float | None  # seeds resampled, test images fixed (None with one run per arm)
+    se_seeds: float | None  # seed-to-seed part, s_v^2/n_v + s_b^2/n_b (None with one run per arm)
     se_images: float | None  # test galaxies resampled, runs fixed (None without predictions and labels)
-    df: float  # Welch-Satterthwaite degrees of freedom of the t quantile
-    method: str  # e.g. "two-level bootstrap (seeds, then the same test galaxies for both arms)"
+    df: float  # Welch-Satterthwaite degrees of freedom of the t quantile (inf: normal)
+    df_seeds: float | None  # Welch's degrees of freedom of the seed part alone (used by the MDE)
+    method: str
 
 
 @dataclass(frozen=True)
@@ -180,10 +469,328 @@ class AccuracySummary:
     mean: float
     iqm: float
     sd: float  # over runs (0 with one run)
-    ci: tuple[float, float]
+    ci: tuple[float, float] | None  # None with one run and no per-image predictions
     ci_method: str
     values: tuple[float, ...]
 
+
+def _correct_and_values(values, predictions, labels, balanced: bool):
+    """Per-image correctness (runs x images) and the runs' metric recomputed from it, where both exist."""
+    values = np.asarray(values, float)
+    if predictions is None or labels is None:
+        return None, values
+    labels = np.asarray(labels)
+    correct = np.asarray(predictions) == labels[None, :]
+    if correct.shape != (values.size, labels.size):
+        raise ValueError("per-image predictions must be runs x test images, in the test labels' order")
+    return correct, _metric_on(np.ones((1, labels.size)), correct, labels, balanced)[0]
+
+
+def _metric_on(weights, correct, labels, balanced: bool) -> np.ndarray:
+    """Each run's (balanced) accuracy on weighted test images: weights (B, images) -> (B, runs)."""
+    correct = correct.astype(float)
+    if not balanced:
+        return weights @ correct.T / weights.sum(1, keepdims=True)
+    masks = (labels[:, None] == np.unique(labels)[None, :]).astype(float)  # images x classes
+    hits = weights @ (correct.T[:, :, None] * masks[:, None, :]).reshape(labels.size, -1)  # B x (runs * classes)
+    counted = (weights @ masks)[:, None, :]
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class absent from a resample is left out
+        return np.nanmean(hits.reshape(weights.shape[0], correct.shape[0], -1) / counted, axis=2)
+
+
+@lru_cache(maxsize=2)
+def _galaxy_weights(seed: int, resamples: int, images: int) -> np.ndarray:
+    """Bootstrap weights (resamples x images): how often each test galaxy is drawn; the same for one seed."""
+    rng = np.random.default_rng([seed, images])
+    drawn = rng.integers(0, images, (resamples, images)) + images * np.arange(resamples)[:, None]
+    weights = np.bincount(drawn.ravel(), minlength=resamples * images).reshape(resamples, images).astype(float)
+    weights.flags.writeable = False
+    return weights
+
+
+def _two_level(cells, labels, balanced: bool, seed: int, resamples: int):
+    """Bootstrap replicates of each cell's mean over runs: (replicates (B, cells), galaxies-only (B, cells)).
+
+    Cells are (values, correct or None). Galaxies are resampled once per replicate and shared by every
+    cell (they are the same test images); then runs are resampled within each cell, their deviations from
+    the replicate's cell mean scaled by sqrt(n/(n-1)) so the bootstrap does not shrink the seed variance.
+    Without per-image correctness for every cell, only runs are resampled (galaxies-only is None).
+    Every call with one seed draws the same galaxies, so all arms and comparisons share them.
+    """
+    rng = np.random.default_rng(seed)
+    with_images = labels is not None and all(correct is not None for _, correct in cells)
+    weights = _galaxy_weights(seed, resamples, len(labels)) if with_images else None
+    replicates, galaxies_only = [], []
+    for values, correct in cells:
+        per_run = _metric_on(weights, correct, labels, balanced) if with_images else \
+            np.broadcast_to(values, (resamples, values.size))
+        centre = per_run.mean(1)
+        if values.size > 1:
+            drawn = np.take_along_axis(per_run, rng.integers(0, values.size, per_run.shape), 1).mean(1)
+            replicates.append(centre + math.sqrt(values.size / (values.size - 1)) * (drawn - centre))
+        else:
+            replicates.append(centre)
+        galaxies_only.append(centre)
+    return np.stack(replicates, 1), (np.stack(galaxies_only, 1) if with_images else None)
+
+
+def _satterthwaite(components) -> float:
+    """Welch-Satterthwaite degrees of freedom of a sum of variance components [(variance, df), ...]."""
+    components = [(v, df) for v, df in components if df > 0 and v > 0]
+    total = sum(v for v, _ in components)
+    if total == 0:
+        return math.inf
+    return total ** 2 / sum(v ** 2 / df for v, df in components)
+
+
+def _method(with_images: bool, runs: tuple[int, ...]) -> str:
+    """How an accuracy interval was made, in words the report can print."""
+    if with_images:
+        text = "two-level bootstrap (seeds, then test galaxies, the same for every arm), t interval"
+    else:
+        text = "bootstrap of seeds only (no per-image test predictions and labels), t interval"
+    if max(runs) == 1:
+        text += "; one run per arm: seed variation not estimable, the interval covers test-set sampling only"
+    elif min(runs) == 1:
+        text += "; an arm with one run borrows the other arm's seed variance"
+    return text
+
+
+def accuracy_difference_ci(variant_values, baseline_values, variant_predictions=None, baseline_predictions=None,
+                           labels=None, balanced: bool = False, seed: int = 0,
+                           resamples: int = BOOTSTRAP_RESAMPLES) -> DifferenceCI:
+    """Mean accuracy difference with a two-level (seeds, then shared test galaxies) bootstrap t interval.
+
+    The standard error is that of the two-level bootstrap; the t quantile has Welch-Satterthwaite degrees
+    of freedom over three parts: each arm's seed variance s^2/n (n - 1 df) and the test-galaxy part
+    (images - 1 df). With predictions (runs x images) and labels, the runs' metric is recomputed from them.
+    """
+    correct_v, values_v = _correct_and_values(variant_values, variant_predictions, labels, balanced)
+    correct_b, values_b = _correct_and_values(baseline_values, baseline_predictions, labels, balanced)
+    if values_v.size == 0 or values_b.size == 0:
+        raise ValueError("an accuracy difference needs at least one run in each arm")
+    replicates, galaxies_only = _two_level([(values_v, correct_v), (values_b, correct_b)], labels, balanced, seed,
+                                           resamples)
+    difference = float(values_v.mean() - values_b.mean())
+    variance = float(np.var(replicates[:, 0] - replicates[:, 1], ddof=1))
+    seed_parts = _seed_parts(values_v, values_b)
+    if values_v.size == 1 and values_b.size > 1:  # the bootstrap cannot see the lone run's seed variance
+        variance += seed_parts[0][0]
+    elif values_b.size == 1 and values_v.size > 1:
+        variance += seed_parts[1][0]
+    se_images = None if galaxies_only is None else float(np.std(galaxies_only[:, 0] - galaxies_only[:, 1], ddof=1))
+    parts = seed_parts + ([(se_images ** 2, labels.size - 1)] if se_images is not None else [])
+    has_seeds = max(values_v.size, values_b.size) > 1
+    se_seeds = math.sqrt(sum(v for v, _ in seed_parts)) if has_seeds else None
+    df = _satterthwaite(parts)
+    se = math.sqrt(variance)
+    if not has_seeds and se_images is None:
+        low = high = None
+    else:
+        half_width = float(stats.t.ppf((1 + CONFIDENCE) / 2, df)) * se if se > 0 else 0.0
+        low, high = difference - half_width, difference + half_width
+    return DifferenceCI(difference, low, high, se, se_seeds, se_images, df,
+                        _satterthwaite(seed_parts) if has_seeds else None,
+                        _method(se_images is not None, (values_v.size, values_b.size)))
+
+
+def _seed_parts(values_v, values_b) -> list[tuple[float, int]]:
+    """Each arm's seed variance of its mean, s^2 / n with n - 1 df; a lone run borrows the other arm's s^2."""
+    variances = [float(np.var(x, ddof=1)) if x.size > 1 else None for x in (values_v, values_b)]
+    if variances[0] is None:
+        variances[0] = variances[1]
+    if variances[1] is None:
+        variances[1] = variances[0]
+    if variances[0] is None:
+        return []
+    return [(variances[0] / values_v.size, max(values_v.size - 1, 0)),
+            (variances[1] / values_b.size, max(values_b.size - 1, 0))]
+
+
+def accuracy_summary(metric: str, values, predictions=None, labels=None, seed: int = 0,
+                     resamples: int = BOOTSTRAP_RESAMPLES) -> AccuracySummary:
+    """One arm's mean accuracy with the same two-level bootstrap t interval as accuracy_difference_ci."""
+    balanced = metric == "test_balanced_accuracy"
+    correct, values = _correct_and_values(values, predictions, labels, balanced)
+    replicates, galaxies_only = _two_level([(values, correct)], labels, balanced, seed, resamples)
+    mean = float(values.mean())
+    sd = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    if values.size == 1 and galaxies_only is None:
+        ci = None
+    else:
+        se = float(np.std(replicates[:, 0], ddof=1))
+        parts = [(sd ** 2 / values.size, values.size - 1)]
+        if galaxies_only is not None:
+            parts.append((float(np.var(galaxies_only[:, 0], ddof=1)), labels.size - 1))
+        half_width = float(stats.t.ppf((1 + CONFIDENCE) / 2, _satterthwaite(parts))) * se if se > 0 else 0.0
+        ci = (mean - half_width, mean + half_width)
+    return AccuracySummary(metric, int(values.size), mean, interquartile_mean(values), sd, ci,
+                           _method(galaxies_only is not None, (values.size,)), tuple(values.tolist()))
+
+
+# --- what a null result means -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Equivalence:
+    """Two one-sided tests (TOST) that the accuracy difference lies within +-margin."""
+
+    margin: float
+    p_value: float  # the larger of the two one-sided p-values
+    equivalent: bool  # p_value < alpha: the (1 - 2 alpha) CI lies inside (-margin, margin)
+    ci: tuple[float, float]  # the (1 - 2 alpha) interval of the difference
+
+
+def minimum_detectable_effect(se: float, df: float, alpha: float, power: float = POWER) -> float:
+    """Smallest true difference a two-sided level-alpha test detects with `power`: (t_{1-a/2} + t_power) * se."""
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se)
+
+
+def tost(difference: float, se: float, df: float, margin: float, alpha: float) -> Equivalence:
+    """Two one-sided t tests of |difference| < margin (statsmodels' ttost_ind given the same se and df)."""
+    if se == 0:
+        p_value = 0.0 if abs(difference) < margin else 1.0
+        return Equivalence(margin, p_value, p_value < alpha, (difference, difference))
+    p_lower = float(stats.t.sf((difference + margin) / se, df))  # H0: difference <= -margin
+    p_upper = float(stats.t.cdf((difference - margin) / se, df))  # H0: difference >= +margin
+    half_width = float(stats.t.ppf(1 - alpha, df)) * se
+    p_value = max(p_lower, p_upper)
+    return Equivalence(margin, p_value, p_value < alpha, (difference - half_width, difference + half_width))
+
+
+# --- label efficiency and costs -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LabelsSaved:
+    """Labels the baseline needs to match an arm's mean accuracy at one training-set size."""
+
+    variant: str
+    train_size: int
+    metric: str
+    arm_accuracy: float
+    baseline_labels: Bound  # at_least the largest size: "more than all"; at_most the smallest: "at most"
+    ci: tuple[Bound, Bound]
+    ci_method: str
+    baseline_monotone: bool  # False: the baseline's mean curve dips somewhere (first crossing is used)
+
+
+def _labels_needed(sizes, baseline_accuracy, target) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of baseline curves (B, sizes) and targets (B,) -> what the labels needed can be, [low, high].
+
+    The baseline's mean accuracy is interpolated linearly in log size; the answer is its FIRST crossing
+    of the target (the fewest labels at which the curve reaches it), so a later dip does not matter and a
+    non-monotone curve is not smoothed. At or below the smallest size: [0, smallest]; never: [largest, inf].
+    """
+    sizes = np.asarray(sizes, float)
+    log_sizes = np.log(sizes)
+    curve, target = np.atleast_2d(baseline_accuracy), np.atleast_1d(np.asarray(target, float))
+    reaches = curve >= target[:, None]
+    first = reaches.argmax(1)
+    rows = np.arange(curve.shape[0])
+    previous = np.maximum(first - 1, 0)
+    step = curve[rows, first] - curve[rows, previous]
+    fraction = np.divide(target - curve[rows, previous], step, out=np.ones_like(target), where=step > 0)
+    crossing = np.exp(log_sizes[previous] + fraction * (log_sizes[first] - log_sizes[previous]))
+    smallest, largest = float(sizes[0]), float(sizes[-1])
+    at_start, never = reaches[:, 0], ~reaches.any(1)
+    low = np.where(at_start, 0.0, np.where(never, largest, crossing))
+    high = np.where(at_start, smallest, np.where(never, np.inf, crossing))
+    return low, high
+
+
+def labels_saved(sizes, baseline_accuracy, arm_accuracy: float) -> Bound:
+    """Labels the baseline needs to reach `arm_accuracy`, interpolated linearly in log size (first crossing)."""
+    sizes = np.asarray(sizes, float)
+    if sizes.size < 2 or np.any(np.diff(sizes) <= 0):
+        raise ValueError("labels saved needs at least two increasing training-set sizes")
+    low, high = _labels_needed(sizes, np.asarray(baseline_accuracy, float), arm_accuracy)
+    if high[0] == sizes[0] and low[0] == 0:
+        return Bound(float(sizes[0]), "at_most", "matched at the smallest size")
+    if np.isinf(high[0]):
+        return Bound(float(sizes[-1]), "at_least", "more than all: the baseline never gets there")
+    return Bound(float(low[0]))
+
+
+@dataclass(frozen=True)
+class BreakEven:
+    """After how many fine-tunes pretraining pays for itself (None and never=True: it never does)."""
+
+    fine_tunes: int | None  # smallest k >= 1 with pretraining + k * fine_tune <= k * baseline
+    exact: float | None  # pretraining / (baseline - fine_tune)
+    never: bool
+
+
+def break_even(pretraining_cost: float, fine_tune_cost: float, baseline_cost: float) -> BreakEven:
+    """Fine-tunes after which pretraining once plus k cheaper fine-tunes costs no more than k baseline trainings."""
+    saving = baseline_cost - fine_tune_cost
+    if saving <= 0:
+        return BreakEven(None, None, True)
+    exact = pretraining_cost / saving
+    fine_tunes = max(1, math.ceil(exact))
+    # float division can land just above an integer that already pays off
+    if fine_tunes > 1 and pretraining_cost + (fine_tunes - 1) * fine_tune_cost <= (fine_tunes - 1) * baseline_cost:
+        fine_tunes -= 1
+    return BreakEven(fine_tunes, exact, False)
+
+
+@dataclass(frozen=True)
+class CostSummary:
+    """One arm's cost (to the primary threshold, or of a full training) with a CI and break-even."""
+
+    variant: str
+    train_size: int | None
+    metric: str  # "train_flops" or "device_seconds"
+    scope: str  # "to 0.8" (KM median of the cost to the threshold) or "full training" (mean of totals)
+    estimate: Bound
+    ci: tuple[Bound, Bound]
+    ci_method: str
+    pretraining: float | None  # mean full pretraining cost over the arm's distinct pretrainings; None: none
+    break_even: BreakEven | None  # against the baseline at the same size; None for the baseline / no pretraining
+
+
+def _cost_summary(metric: str, rows: list[dict], threshold: float | None, rng) -> CostSummary | None:
+    """An arm's cost: KM median of the cost to the threshold (bootstrap CI) or the mean of totals (t CI)."""
+    if threshold is None:
+        values = np.asarray([(r.get("totals") or {}).get(metric) for r in rows], dtype=object)
+        if any(v is None for v in values):
+            return None
+        values = values.astype(float)
+        mean = float(values.mean())
+        if values.size > 1:
+            half_width = float(stats.t.ppf((1 + CONFIDENCE) / 2, values.size - 1) * values.std(ddof=1)
+                               / math.sqrt(values.size))
+            ci = (Bound(mean - half_width), Bound(mean + half_width))
+        else:
+            ci = (Bound(None, "unknown", "one run"),) * 2
+        return CostSummary(rows[0]["variant"], rows[0].get("train_size"), metric, "full training", Bound(mean),
+                           ci, "mean of the runs' totals, t interval", None, None)
+    crossings = [r["thresholds"][str(threshold)] for r in rows]
+    if any(c.get(metric) is None for c in crossings):
+        return None
+    times = np.asarray([c[metric] for c in crossings], float)
+    reached = np.asarray([c["reached"] for c in crossings], bool)
+    km = kaplan_meier(times, reached)
+    if times.size > 1:
+        index = rng.integers(0, times.size, (BOOTSTRAP_RESAMPLES, times.size))
+        median, found = _km_medians(times[index], reached[index])
+        ci = _interval_from_ends(median, np.where(found, median, np.inf), "median not reached in some resamples")
+    else:
+        ci = (Bound(None, "unknown", "one run"),) * 2
+    return CostSummary(rows[0]["variant"], rows[0].get("train_size"), metric, f"to {threshold:g}", km.median, ci,
+                       "Kaplan-Meier median, percentile bootstrap of runs", None, None)
+
+
+def _pretraining_cost(metric: str, rows: list[dict]) -> float | None:
+    """Mean full pretraining cost over the distinct pretrainings an arm's runs started from (None: none)."""
+    costs = {}
+    for index, row in enumerate(rows):
+        cost = row.get("pretrain_cost") or {}
+        if cost.get(metric) is not None:
+            costs[row.get("pretrain_id") or index] = float(cost[metric])
+    return float(np.mean(list(costs.values()))) if costs else None
+
+
+# --- comparisons and the analysis ---------------------------------------------------------------------------
 
 @dataclass
 class Comparison:
@@ -199,7 +806,7 @@ class Comparison:
     estimate: Bound  # accuracy: mean difference variant - baseline; time: ratio of KM medians variant / baseline
     ci: tuple[Bound, Bound]
     ci_method: str
-    test: HypothesisTest | None  # None where nothing can be tested (an empty arm, no event in either arm)
+    test: HypothesisTest | None  # None where nothing can be tested (no event in either arm)
     p_adjusted: float | None = None  # Holm over the confirmatory family; None for exploratory comparisons
     detected: bool = False  # (adjusted, for confirmatory) p < alpha
     mde: float | None = None  # accuracy: the smallest difference detected with 80% power (see mde_note)
@@ -226,44 +833,6 @@ class ArmSummary:
     km: dict[str, KaplanMeier] = field(default_factory=dict)  # by time endpoint text, e.g. "epochs_to:0.8"
 
 
-@dataclass(frozen=True)
-class LabelsSaved:
-    """Labels the baseline needs to match an arm's mean accuracy at one training-set size."""
-
-    variant: str
-    train_size: int
-    metric: str
-    arm_accuracy: float
-    baseline_labels: Bound  # at_least the largest size: "more than all"; at_most the smallest: "at most"
-    ci: tuple[Bound, Bound]
-    ci_method: str
-    baseline_monotone: bool  # False: the baseline's mean curve dips somewhere (first crossing is used)
-
-
-@dataclass(frozen=True)
-class BreakEven:
-    """After how many fine-tunes pretraining pays for itself (None and never=True: it never does)."""
-
-    fine_tunes: int | None  # smallest k >= 1 with pretraining + k * fine_tune <= k * baseline
-    exact: float | None  # pretraining / (baseline - fine_tune)
-    never: bool
-
-
-@dataclass(frozen=True)
-class CostSummary:
-    """One arm's cost (to the primary threshold, or of a full training) with a CI and break-even."""
-
-    variant: str
-    train_size: int | None
-    metric: str  # "train_flops" or "device_seconds"
-    scope: str  # "to 0.8" (KM median of cost to the threshold) or "full training" (mean of totals)
-    estimate: Bound
-    ci: tuple[Bound, Bound]
-    ci_method: str
-    pretraining: float | None  # mean full pretraining cost over the arm's distinct pretrainings; None: none
-    break_even: BreakEven | None  # against the baseline at the same size; None for the baseline / no pretraining
-
-
 @dataclass
 class Analysis:
     """Everything a report shows; see the module docstring."""
@@ -282,71 +851,235 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
 
 
+def _test_labels(runs: list[dict]) -> np.ndarray | None:
+    """The test labels, where every run has the same ones on the same images (else None: seeds only)."""
+    labels = [r.get("test_labels") for r in runs]
+    if any(x is None for x in labels) or any(x != labels[0] for x in labels):
+        return None
+    images = [r.get("test_rows") for r in runs]
+    if any(x != images[0] for x in images):
+        return None
+    return np.asarray(labels[0])
+
+
+def _accuracy_inputs(rows: list[dict], metric: str, labels) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """A cell's values of an accuracy metric and, where usable, its runs' predictions (None: not recorded)."""
+    values = [r.get(metric) for r in rows]
+    if any(v is None for v in values):
+        return None
+    predictions = [r.get("test_predictions") for r in rows]
+    usable = metric != "best_val_accuracy" and labels is not None and \
+        all(p is not None and len(p) == labels.size for p in predictions)
+    return np.asarray(values, float), (np.asarray(predictions) if usable else None)
+
+
+def _time_inputs(rows: list[dict], endpoint: Endpoint) -> tuple[np.ndarray, np.ndarray] | None:
+    """A cell's costs to the endpoint's threshold and whether each run reached it (None: not recorded)."""
+    crossings = [(r.get("thresholds") or {}).get(str(endpoint.threshold)) for r in rows]
+    if any(c is None or c.get(endpoint.field) is None for c in crossings):
+        return None
+    return (np.asarray([c[endpoint.field] for c in crossings], float),
+            np.asarray([c["reached"] for c in crossings], bool))
+
+
+def _welch_p(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Welch's two-sided p (information only), with at least MIN_SEEDS runs per arm."""
+    if min(a.size, b.size) < MIN_SEEDS:
+        return None
+    if np.ptp(np.concatenate([a, b])) == 0:
+        return 1.0
+    if a.var() == 0 and b.var() == 0:
+        return None  # two constant arms that differ: Welch's t is infinite, its p meaningless
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def _compare_accuracy(endpoint: Endpoint, variant: str, baseline: str, size, rows_v, rows_b, labels,
+                      seed: int) -> Comparison | None:
+    inputs_v, inputs_b = (_accuracy_inputs(rows, endpoint.field, labels) for rows in (rows_v, rows_b))
+    if inputs_v is None or inputs_b is None:
+        return None
+    (values_v, predictions_v), (values_b, predictions_b) = inputs_v, inputs_b
+    if predictions_v is None or predictions_b is None:
+        predictions_v = predictions_b = None
+    balanced = endpoint.field == "test_balanced_accuracy"
+    ci = accuracy_difference_ci(values_v, values_b, predictions_v, predictions_b,
+                                labels if predictions_v is not None else None, balanced, seed)
+    if values_v.size == values_b.size == 1 and predictions_v is not None and not balanced:
+        test = mcnemar_exact(predictions_v[0] == labels, predictions_b[0] == labels)
+    else:
+        test = permutation_mean_difference(values_v, values_b, seed)
+    unknown = Bound(None, "unknown", "one run per arm and no per-image predictions")
+    return Comparison(
+        variant, baseline, endpoint, size, False, int(values_v.size), int(values_b.size), Bound(ci.difference),
+        (unknown, unknown) if ci.low is None else (Bound(ci.low), Bound(ci.high)), ci.method, test,
+        difference_ci=ci, welch_p=_welch_p(values_v, values_b),
+        hedges_g=hedges_g(values_v, values_b) if min(values_v.size, values_b.size) >= MIN_SEEDS else None)
+
+
+def _compare_time(endpoint: Endpoint, variant: str, baseline: str, size, rows_v, rows_b,
+                  seed: int) -> Comparison | None:
+    inputs_v, inputs_b = _time_inputs(rows_v, endpoint), _time_inputs(rows_b, endpoint)
+    if inputs_v is None or inputs_b is None:
+        return None
+    estimate, ci = km_median_ratio(*inputs_v, *inputs_b, seed=seed)
+    return Comparison(
+        variant, baseline, endpoint, size, False, len(rows_v), len(rows_b), estimate, ci,
+        "ratio of Kaplan-Meier medians, percentile bootstrap of runs within each arm",
+        permutation_logrank(*inputs_v, *inputs_b, seed=seed),
+        mde_note="not computed for time-to-threshold endpoints: see the interval of the median ratio",
+        km=kaplan_meier(*inputs_v), baseline_km=kaplan_meier(*inputs_b),
+        probability_of_improvement=probability_of_improvement(*inputs_v, *inputs_b))
+
+
+def _judge(comparison: Comparison, alpha: float, family_size: int, margin: float | None) -> None:
+    """Detected or not, the minimum detectable effect and the equivalence test of one comparison."""
+    p = comparison.p_adjusted if comparison.confirmatory else (comparison.test and comparison.test.p_value)
+    comparison.detected = p is not None and p < alpha
+    ci = comparison.difference_ci
+    if ci is None:
+        return
+    # Holm's first step tests at alpha / m: an effect of this size is found whatever the other p-values
+    level = alpha / family_size if comparison.confirmatory else alpha
+    floor = comparison.test.p_floor
+    if comparison.test.name == "McNemar exact":
+        comparison.mde_note = "one run per arm: McNemar's test compares these two runs only; no MDE over seeds"
+    elif not floor < level:
+        comparison.mde_note = (f"with {comparison.n} and {comparison.baseline_n} runs the smallest reachable p is "
+                               f"{floor:.3g}, not below {level:.3g}: no difference of any size can be detected")
+    elif not ci.se_seeds:
+        comparison.mde_note = "no seed-to-seed variation observed: the MDE is not estimable"
+    else:
+        comparison.mde = minimum_detectable_effect(ci.se_seeds, ci.df_seeds, level)
+        comparison.mde_note = (f"(t(1 - a/2) + t({POWER:g})) x SE over seeds, a = {level:.3g}, "
+                               f"SE = {ci.se_seeds:.3g}, Welch df = {ci.df_seeds:.1f}")
+    if margin is not None and ci.low is not None:
+        comparison.equivalence = tost(ci.difference, ci.se, ci.df, margin, alpha)
+
+
 def analyse(runs: list[dict], thresholds: list[float], baseline: str, settings: dict | None = None,
             seed: int = 0) -> Analysis:
     """Compare every arm with the baseline: the confirmatory family (Holm), exploratory rest, labels, costs."""
-    raise NotImplementedError
+    config = Settings.from_section(settings, thresholds)
+    variants = list(dict.fromkeys(r["variant"] for r in runs))
+    if baseline not in variants:
+        raise ValueError(f"baseline {baseline!r} has no runs")
+    sizes = sorted({r.get("train_size") for r in runs}, key=lambda s: (s is None, s or 0))
+    cells = {(v, s): [r for r in runs if r["variant"] == v and r.get("train_size") == s]
+             for v in variants for s in sizes}
+    cells = {key: rows for key, rows in cells.items() if rows}
+    labels = _test_labels(runs)
+    analysis = Analysis(baseline, variants, list(thresholds), sizes, config)
+    if not config.declared:
+        analysis.notes.append("No primary endpoint was declared ([analysis] primary): the default, test_accuracy, "
+                              "was used.")
+    if labels is None and any(r.get("test_predictions") is not None for r in runs):
+        analysis.notes.append("Test labels are missing or differ between runs: accuracy intervals resample seeds "
+                              "only, not test galaxies.")
+    endpoints = [Endpoint(m, "accuracy", m) for m in ACCURACY_ENDPOINTS] + \
+        [Endpoint(f"{name}_to:{t:g}", "time", key, t) for t in thresholds for name, key in COST_ENDPOINTS.items()]
+
+    for (variant, size), rows in cells.items():
+        arm = ArmSummary(variant, size, len(rows))
+        for metric in ACCURACY_ENDPOINTS:
+            inputs = _accuracy_inputs(rows, metric, labels)
+            if inputs is not None:
+                arm.accuracy[metric] = accuracy_summary(metric, inputs[0], inputs[1],
+                                                        labels if inputs[1] is not None else None, seed)
+        for endpoint in endpoints[len(ACCURACY_ENDPOINTS):]:
+            inputs = _time_inputs(rows, endpoint)
+            if inputs is not None:
+                arm.km[endpoint.text] = kaplan_meier(*inputs)
+        analysis.arms.append(arm)
+
+    for (variant, size), rows in cells.items():
+        if variant == baseline or (baseline, size) not in cells:
+            continue
+        for endpoint in endpoints:
+            compare = _compare_accuracy if endpoint.kind == "accuracy" else _compare_time
+            args = (labels,) if endpoint.kind == "accuracy" else ()
+            comparison = compare(endpoint, variant, baseline, size, rows, cells[(baseline, size)], *args, seed)
+            if comparison is None:
+                if endpoint == config.primary:
+                    analysis.notes.append(f"{variant} (train_size {size}): the primary endpoint "
+                                          f"{endpoint.text} is not recorded in every run; not compared.")
+                continue
+            comparison.confirmatory = endpoint == config.primary
+            (analysis.confirmatory if comparison.confirmatory else analysis.exploratory).append(comparison)
+
+    adjusted = holm([c.test.p_value if c.test else None for c in analysis.confirmatory])
+    for comparison, p in zip(analysis.confirmatory, adjusted, strict=True):
+        comparison.p_adjusted = None if np.isnan(p) else float(p)
+    for comparison in analysis.confirmatory + analysis.exploratory:
+        _judge(comparison, config.alpha, max(len(analysis.confirmatory), 1), config.equivalence)
+
+    analysis.labels_saved = _all_labels_saved(cells, baseline, config, labels, seed)
+    analysis.costs = _all_costs(cells, baseline, config, seed)
+    analysis.main_threshold = _main_threshold(cells, baseline, sizes, thresholds)
+    return analysis
 
 
-def kaplan_meier(times, reached) -> KaplanMeier:
-    """Kaplan-Meier estimate for times (reached=True) and censoring totals (reached=False); exact median."""
-    raise NotImplementedError
+def _all_labels_saved(cells, baseline: str, config: Settings, labels, seed: int) -> list[LabelsSaved]:
+    """Labels saved for every arm and training-set size, where the baseline ran at two sizes or more."""
+    metric = config.primary.field if config.primary.field in ("test_accuracy", "test_balanced_accuracy") \
+        else "test_accuracy"
+    base_sizes = sorted(s for (v, s) in cells if v == baseline and s is not None)
+    base_inputs = [_accuracy_inputs(cells[(baseline, s)], metric, labels) for s in base_sizes]
+    if len(base_sizes) < 2 or any(x is None for x in base_inputs):
+        return []
+    found = []
+    for (variant, size), rows in cells.items():
+        inputs = _accuracy_inputs(rows, metric, labels)
+        if variant == baseline or size is None or inputs is None:
+            continue
+        involved = base_inputs + [inputs]
+        with_images = all(p is not None for _, p in involved)
+        cell_data = [_correct_and_values(v, p, labels if with_images else None, metric != "test_accuracy")
+                     for v, p in involved]
+        means = np.asarray([values.mean() for _, values in cell_data])
+        replicates, _ = _two_level([(values, correct) for correct, values in cell_data],
+                                   labels if with_images else None, metric != "test_accuracy", seed,
+                                   BOOTSTRAP_RESAMPLES)
+        low, high = _labels_needed(base_sizes, replicates[:, :-1], replicates[:, -1])
+        method = "percentile bootstrap: seeds within each (arm, size) cell" + \
+            (", then the same test galaxies for every cell" if with_images else " only (no per-image predictions)")
+        found.append(LabelsSaved(variant, size, metric, float(means[-1]),
+                                 labels_saved(base_sizes, means[:-1], float(means[-1])),
+                                 _interval_from_ends(low, high, "open in some resamples"), method,
+                                 bool(np.all(np.diff(means[:-1]) >= 0))))
+    return found
 
 
-def logrank_statistic(times_a, reached_a, times_b, reached_b) -> float | None:
-    """The log-rank chi-square statistic (None where neither arm has an event)."""
-    raise NotImplementedError
+def _all_costs(cells, baseline: str, config: Settings, seed: int) -> list[CostSummary]:
+    """Each arm's fine-tuning cost per metric, its pretraining cost and the break-even against the baseline."""
+    rng = np.random.default_rng(seed)
+    threshold = config.primary.threshold
+    summaries = {}
+    for key, rows in cells.items():
+        for metric in COST_SUMMARY_METRICS:
+            summary = _cost_summary(metric, rows, threshold, rng)
+            if summary is not None:
+                summaries[key + (metric,)] = summary
+    found = []
+    for (variant, size, metric), summary in summaries.items():
+        pretraining = _pretraining_cost(metric, cells[(variant, size)])
+        base = summaries.get((baseline, size, metric))
+        even = None
+        if variant != baseline and pretraining is not None and base is not None \
+                and not summary.estimate.is_open and not base.estimate.is_open:
+            even = break_even(pretraining, summary.estimate.value, base.estimate.value)
+        found.append(CostSummary(variant, size, metric, summary.scope, summary.estimate, summary.ci,
+                                 summary.ci_method, pretraining, even))
+    return found
 
 
-def permutation_logrank(times_a, reached_a, times_b, reached_b, seed: int = 0) -> HypothesisTest | None:
-    """Two-sided permutation log-rank test, conditional on the pooled times and censoring."""
-    raise NotImplementedError
-
-
-def permutation_mean_difference(a, b, seed: int = 0) -> HypothesisTest:
-    """Two-sided two-sample permutation test of mean(a) - mean(b) (exact up to EXACT_LIMIT relabellings)."""
-    raise NotImplementedError
-
-
-def mcnemar_exact(correct_a, correct_b) -> HypothesisTest:
-    """McNemar's exact test on paired per-image correctness: binomial on the discordant pairs."""
-    raise NotImplementedError
-
-
-def km_median_ratio(times_v, reached_v, times_b, reached_b, seed: int = 0) -> tuple[Bound, tuple[Bound, Bound]]:
-    """Ratio of KM medians (variant / baseline) with a percentile bootstrap CI recomputing KM within each arm."""
-    raise NotImplementedError
-
-
-def accuracy_difference_ci(variant_values, baseline_values, variant_predictions=None, baseline_predictions=None,
-                           labels=None, balanced: bool = False, seed: int = 0) -> DifferenceCI:
-    """Mean accuracy difference with a two-level (seeds, then shared test galaxies) bootstrap t interval."""
-    raise NotImplementedError
-
-
-def accuracy_summary(metric: str, values, predictions=None, labels=None, seed: int = 0) -> AccuracySummary:
-    """One arm's mean accuracy with the same two-level bootstrap t interval as accuracy_difference_ci."""
-    raise NotImplementedError
-
-
-def minimum_detectable_effect(se: float, df: float, alpha: float, power: float = POWER) -> float:
-    """Smallest true difference a two-sided level-alpha test detects with `power`: (t_{1-a/2} + t_power) * se."""
-    raise NotImplementedError
-
-
-def tost(difference: float, se: float, df: float, margin: float, alpha: float) -> Equivalence:
-    """Two one-sided t tests of |difference| < margin (statsmodels' ttost_ind given the same se and df)."""
-    raise NotImplementedError
-
-
-def labels_saved(sizes, baseline_accuracy, arm_accuracy: float) -> Bound:
-    """Labels the baseline needs to reach `arm_accuracy`, interpolated linearly in log size (first crossing)."""
-    raise NotImplementedError
-
-
-def break_even(pretraining_cost: float, fine_tune_cost: float, baseline_cost: float) -> BreakEven:
-    """Fine-tunes after which pretraining once plus k cheaper fine-tunes costs no more than k baseline trainings."""
-    raise NotImplementedError
+def _main_threshold(cells, baseline: str, sizes, thresholds) -> float | None:
+    """DESCRIPTIVE: the highest threshold the baseline (largest size) reached in at least half its runs."""
+    rows = cells.get((baseline, sizes[-1])) or []
+    for threshold in sorted(thresholds, reverse=True):
+        inputs = _time_inputs(rows, Endpoint(f"epochs_to:{threshold:g}", "time", "epochs", threshold))
+        if inputs is not None and not kaplan_meier(*inputs).median.is_open:
+            return threshold
+    return None
 
 
 def holm(p_values) -> np.ndarray:
@@ -378,6 +1111,7 @@ def hedges_g(a, b) -> float:
 def interquartile_mean(values) -> float:
     """Mean of the middle 50% (scipy's trim_mean with 25% cut from each end)."""
     return float(stats.trim_mean(np.asarray(values, float), 0.25))
+
 
 
 # --- the previous version, kept until the report has moved to `analyse` (removed afterwards) ----------------
