@@ -97,23 +97,30 @@ def _cmd_run(args) -> None:
     suite, base = load_suite(args.suite, overrides)
     with RunDisplay() as display:
         out_dir, results = run_suite(suite, base, out=args.out, device_override=args.device, display=display)
-    out.print(run_summary_table(results, suite.suite.thresholds, title=f"{suite.suite.name}: {out_dir}"))
-    if not args.no_report:
+    if args.no_report:
+        out.print(run_summary_table(results, suite.suite.thresholds, title=f"{suite.suite.name}: {out_dir}"))
+    else:
         _print_report(out_dir)
     err.print(f"results in {out_dir}")
 
 
-def _print_report(run_dir: Path) -> None:
-    from galbench.analysis.report import terminal_report, write_report
+def _print_report(run_dir: Path, as_json: bool = False) -> None:
+    from galbench.analysis.report import run_status, terminal_report, write_report
 
     report, paths = write_report(run_dir)
-    for part in terminal_report(report):
-        out.print(part)
-    err.print("report: " + ", ".join(str(p) for p in paths))
+    status, incomplete = run_status(report)
+    if incomplete:
+        err.print(f"[yellow]warning:[/] {status}", highlight=False)
+    if as_json:
+        sys.stdout.write(paths[-1].read_text() + "\n")
+    else:
+        for part in terminal_report(report):
+            out.print(part, soft_wrap=False)
+    err.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
 
 
 def _cmd_report(args) -> None:
-    _print_report(args.run_dir)
+    _print_report(args.run_dir, as_json=args.json)
 
 
 def _cmd_compare(args) -> None:
@@ -385,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "RUN_DIR/report/report.md, report.html (self-contained) and report.json, plus rich tables here.",
         epilog="example:\n  galbench report reports/quickstart/<hash>")
     report.add_argument("run_dir", type=Path)
+    report.add_argument("--json", action="store_true", help="print report.json to stdout instead of the tables")
     report.set_defaults(handler=_cmd_report)
 
     compare = commands.add_parser("compare", help="two run directories side by side (machines, code versions)")

@@ -1,4 +1,8 @@
-"""matplotlib figures: montages of catalogs and the report's plots. Each returns PNG bytes or writes a file."""
+"""matplotlib figures: montages of catalogs (PNG) and the report's plots (SVG text).
+
+Report plots take plain numbers (the report module prepares them from the statistics) and tell arms apart
+without colour too: every arm has its own marker and line style as well as its colour.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,29 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from galbench.data.catalog import Catalog  # noqa: E402
 from galbench.fileio import atomic_path  # noqa: E402
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINE_STYLES = ("-", "--", ":", "-.")
+FIGURE_SIZE = (6.4, 3.9)
 
 
 def figure_png(fig) -> bytes:
     """Render a figure to PNG bytes and close it."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def figure_svg(fig) -> str:
+    """Render a figure to SVG text (text kept as text, no timestamp) and close it."""
+    buffer = io.StringIO()
+    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "galbench"}):
+        fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     return buffer.getvalue()
 
@@ -55,86 +73,157 @@ def montage(catalog: Catalog, per_class: int = 8, seed: int = 0) -> bytes:
     return figure_png(fig)
 
 
-def _variant_colours(variants: list[str]) -> dict[str, str]:
+def arm_styles(arms: list[str]) -> dict[str, dict]:
+    """Colour, marker and line style per arm, in a fixed order, so each arm looks the same in every plot."""
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return {variant: palette[index % len(palette)] for index, variant in enumerate(variants)}
+    return {arm: {"color": palette[i % len(palette)], "marker": MARKERS[i % len(MARKERS)],
+                  "linestyle": LINE_STYLES[i % len(LINE_STYLES)]} for i, arm in enumerate(arms)}
 
 
-def learning_curves(runs: list[dict], x_key: str, x_label: str, x_scale: float = 1.0, title: str = "") -> bytes:
-    """Validation accuracy against a cost (epochs, FLOPs, device-hours): median across seeds with an IQR band."""
-    variants = list(dict.fromkeys(r["variant"] for r in runs))
-    colours = _variant_colours(variants)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for variant in variants:
-        curves = [r["curve"] for r in runs if r["variant"] == variant and r["curve"]]
-        if not curves:
+def _log_x(ax, unit: str) -> None:
+    """A log x axis labelled at powers of ten in engineering units (1 G, 10 G, 100 G, 1 T), minor ticks bare."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10))
+    if unit == "count":
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    else:
+        ax.xaxis.set_major_formatter(EngFormatter(unit=unit, places=0, sep=" "))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _finish(ax, title: str, legend: bool = True) -> None:
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+
+
+def learning_curves(curves: dict[str, list[list[tuple[float, float]]]], x_label: str, title: str,
+                    unit: str = "", offsets: dict[str, float] | None = None) -> str:
+    """Validation accuracy against a cost: median over runs with an interquartile band, one style per arm.
+
+    `curves[arm]` holds each run's (cost, accuracy) points. With `unit` the x axis is logarithmic in that
+    unit; `offsets[arm]` (a pretraining's cost) shifts an arm's curve right and is marked on the axis, so
+    the curve starts where the arm's real bill starts.
+    """
+    styles = arm_styles(list(curves))
+    offsets = offsets or {}
+    fig, ax = plt.subplots(figsize=FIGURE_SIZE)
+    for arm, runs in curves.items():
+        runs = [run for run in runs if run]
+        if not runs:
             continue
-        length = min(len(c) for c in curves)
-        xs = np.median([[p[x_key] * x_scale for p in c[:length]] for c in curves], axis=0)
-        ys = np.asarray([[p["val_accuracy"] for p in c[:length]] for c in curves])
+        length = min(len(run) for run in runs)
+        offset = offsets.get(arm, 0.0)
+        xs = offset + np.median([[x for x, _ in run[:length]] for run in runs], axis=0)
+        ys = np.asarray([[y for _, y in run[:length]] for run in runs])
         low, mid, high = np.percentile(ys, [25, 50, 75], axis=0)
-        ax.plot(xs, mid, color=colours[variant], label=f"{variant} (n={len(curves)})")
-        ax.fill_between(xs, low, high, color=colours[variant], alpha=0.2, linewidth=0)
+        style = styles[arm]
+        label = f"{arm} (n={len(runs)})" + (f", starts after pretraining {_eng(offset, unit)}" if offset else "")
+        ax.plot(xs, mid, color=style["color"], linestyle=style["linestyle"], marker=style["marker"],
+                markersize=4, markevery=max(1, length // 8), label=label)
+        ax.fill_between(xs, low, high, color=style["color"], alpha=0.15, linewidth=0)
+        if offset:
+            ax.axvline(offset, color=style["color"], linestyle=style["linestyle"], linewidth=0.9, alpha=0.8)
     ax.set_xlabel(x_label)
     ax.set_ylabel("validation accuracy")
-    if x_key != "epochs":
-        ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or "median across seeds, band = interquartile range", fontsize=9)
-    return figure_png(fig)
+    if unit:
+        _log_x(ax, unit)
+    _finish(ax, title)
+    return figure_svg(fig)
 
 
-def time_to_threshold_strip(runs: list[dict], thresholds: list[float]) -> bytes:
-    """Epochs to each threshold per run; censored runs drawn as open markers at their totals."""
-    variants = list(dict.fromkeys(r["variant"] for r in runs))
-    colours = _variant_colours(variants)
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    width = 0.8 / max(len(variants), 1)
+def _eng(value: float, unit: str) -> str:
+    return EngFormatter(unit=unit, places=2, sep=" ")(value)
+
+
+def time_to_threshold_strip(rows: dict[str, list[dict]], thresholds: list[float], metric_label: str) -> str:
+    """Epochs to each threshold per run; runs that never got there drawn open, at their totals."""
+    styles = arm_styles(list(rows))
+    fig, ax = plt.subplots(figsize=FIGURE_SIZE)
+    width = 0.8 / max(len(rows), 1)
     rng = np.random.default_rng(0)
     for t_index, threshold in enumerate(thresholds):
-        for v_index, variant in enumerate(variants):
-            rows = [r["thresholds"][str(threshold)] for r in runs if r["variant"] == variant]
-            x = t_index + (v_index - (len(variants) - 1) / 2) * width
-            for row in rows:
-                jitter = rng.uniform(-width / 4, width / 4)
-                ax.scatter(x + jitter, row["epochs"], s=22, edgecolors=colours[variant],
-                           facecolors=colours[variant] if row["reached"] else "none",
-                           label=variant if t_index == 0 and row is rows[0] else None)
+        for v_index, (arm, runs) in enumerate(rows.items()):
+            style = styles[arm]
+            x = t_index + (v_index - (len(rows) - 1) / 2) * width
+            for r_index, run in enumerate(runs):
+                crossing = run[str(threshold)]
+                ax.scatter(x + rng.uniform(-width / 4, width / 4), crossing["epochs"], s=26, marker=style["marker"],
+                           edgecolors=style["color"], facecolors=style["color"] if crossing["reached"] else "none",
+                           label=arm if t_index == 0 and r_index == 0 else None)
     ax.set_xticks(range(len(thresholds)), [f"{t:g}" for t in thresholds])
-    ax.set_xlabel("validation-accuracy threshold")
+    ax.set_xlabel(f"{metric_label} threshold")
     ax.set_ylabel("epochs to threshold")
-    ax.set_title("filled: reached; open: never reached (censored at the run's total)", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    return figure_png(fig)
+    ax.set_title("filled: reached; open: never reached (drawn at the run's total epochs)", fontsize=9)
+    return figure_svg(fig)
 
 
-def kaplan_meier_curves(curves: dict[str, tuple[list[float], list[float], int]], threshold: float) -> bytes:
-    """Fraction of runs not yet at the threshold against epochs (Kaplan-Meier step curves)."""
-    colours = _variant_colours(list(curves))
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    styles = ["-", "--", ":", "-."]
-    for index, (variant, (times, survival, n)) in enumerate(curves.items()):
-        xs = [0.0, *times]
-        ys = [1.0, *survival]
+def kaplan_meier_curves(curves: dict[str, tuple[list[float], list[float], int]], x_label: str, title: str) -> str:
+    """Fraction of runs not yet at a threshold against cost (Kaplan-Meier steps), one style per arm."""
+    styles = arm_styles(list(curves))
+    fig, ax = plt.subplots(figsize=FIGURE_SIZE)
+    for index, (arm, (times, survival, n)) in enumerate(curves.items()):
+        style = styles[arm]
         # identical steps are common (evaluations fall on the same epochs): widths and dashes keep both visible
-        ax.step(xs, ys, where="post", color=colours[variant], label=f"{variant} (n={n})",
-                linewidth=max(3.2 - 0.8 * index, 1.0), linestyle=styles[index % len(styles)])
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("epochs")
-    ax.set_ylabel(f"fraction of runs below {threshold:g}")
-    ax.set_title(f"Kaplan-Meier: time to validation accuracy {threshold:g}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return figure_png(fig)
+        ax.step([0.0, *times], [1.0, *survival], where="post", color=style["color"], linestyle=style["linestyle"],
+                linewidth=max(3.0 - 0.7 * index, 1.0), label=f"{arm} (n={n})")
+        ax.plot(times, survival, linestyle="none", marker=style["marker"], color=style["color"], markersize=5)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("fraction of runs not yet there")
+    _finish(ax, title)
+    return figure_svg(fig)
 
 
-def confusion_plot(confusion: list[list[int]], classes: list[str], title: str) -> bytes:
+def accuracy_by_arm(arms: list[tuple[str, list[float], float, tuple[float, float]]], y_label: str,
+                    chance: float | None, title: str) -> str:
+    """Each run's accuracy (points), the arm's mean and its 95% interval (bar), and the chance level."""
+    styles = arm_styles([arm for arm, *_ in arms])
+    fig, ax = plt.subplots(figsize=(max(3.6, 1.3 * len(arms) + 2), 3.9))
+    rng = np.random.default_rng(0)
+    for index, (arm, values, mean, (low, high)) in enumerate(arms):
+        style = styles[arm]
+        ax.scatter(index + rng.uniform(-0.12, 0.12, len(values)), values, s=18, marker=style["marker"],
+                   facecolors="none", edgecolors=style["color"], alpha=0.8)
+        ax.errorbar(index + 0.25, mean, yerr=[[mean - low], [high - mean]], fmt=style["marker"],
+                    color=style["color"], capsize=4, markersize=7)
+    if chance is not None:
+        ax.axhline(chance, color="0.35", linestyle=":", linewidth=1)
+        ax.annotate(f"chance (majority class) {chance:.2f}", (len(arms) - 0.5, chance), fontsize=7, ha="right",
+                    va="bottom", color="0.35")
+    ax.set_xticks(range(len(arms)), [arm for arm, *_ in arms])
+    ax.set_xlim(-0.6, len(arms) - 0.4)
+    ax.set_ylabel(y_label)
+    _finish(ax, title, legend=False)
+    return figure_svg(fig)
+
+
+def label_efficiency(series: dict[str, tuple[list[int], list[float], list[float], list[float]]],
+                     chance: float | None, y_label: str) -> str:
+    """Accuracy against labelled training galaxies (log axis): arm means with their 95% interval bands."""
+    styles = arm_styles(list(series))
+    fig, ax = plt.subplots(figsize=FIGURE_SIZE)
+    for arm, (sizes, means, lows, highs) in series.items():
+        style = styles[arm]
+        ax.plot(sizes, means, color=style["color"], linestyle=style["linestyle"], marker=style["marker"], label=arm)
+        ax.fill_between(sizes, lows, highs, color=style["color"], alpha=0.15, linewidth=0)
+    if chance is not None:
+        ax.axhline(chance, color="0.35", linestyle=":", linewidth=1, label=f"chance {chance:.2f}")
+    _log_x(ax, "count")
+    ax.set_xlabel("labelled training galaxies")
+    ax.set_ylabel(y_label)
+    _finish(ax, "mean over runs; band: 95% interval (seeds and test galaxies)")
+    return figure_svg(fig)
+
+
+def confusion_plot(confusion: list[list[int]], classes: list[str], title: str) -> str:
     """A confusion matrix (rows true, columns predicted) with counts and row-normalised shading."""
     matrix = np.asarray(confusion, dtype=float)
     shares = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(classes), 0.8 + 0.8 * len(classes)))
+    fig, ax = plt.subplots(figsize=(1.4 + 0.9 * len(classes), 1.0 + 0.8 * len(classes)))
     ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
@@ -145,4 +234,43 @@ def confusion_plot(confusion: list[list[int]], classes: list[str], title: str) -
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
-    return figure_png(fig)
+    return figure_svg(fig)
+
+
+def reliability_diagrams(arms: dict[str, dict]) -> str:
+    """Per arm: accuracy against confidence in each bin, before (open, dashed) and after temperature scaling."""
+    fig, axes = plt.subplots(1, len(arms), figsize=(3.2 * len(arms) + 0.4, 3.4), squeeze=False)
+    for ax, (arm, calibration) in zip(axes[0], arms.items(), strict=True):
+        ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8)
+        for key, style, label in (("reliability_before", dict(linestyle="--", marker="o", mfc="none"),
+                                   f"raw softmax, ECE {calibration['ece_before']:.3f}"),
+                                  ("reliability_after", dict(linestyle="-", marker="s"),
+                                   f"T = {calibration['temperature']:.2f}, ECE {calibration['ece_after']:.3f}")):
+            bins = calibration[key]
+            used = [i for i, count in enumerate(bins["count"]) if count]
+            ax.plot([bins["confidence"][i] for i in used], [bins["accuracy"][i] for i in used], label=label,
+                    color="black", markersize=4, **style)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        _finish(ax, arm)
+    return figure_svg(fig)
+
+
+def probe_curves(series: dict[str, list[dict]]) -> str:
+    """k-NN (dashed, open) and linear-probe (solid) validation accuracy during each arm's pretraining."""
+    styles = arm_styles(list(series))
+    fig, ax = plt.subplots(figsize=FIGURE_SIZE)
+    for arm, points in series.items():
+        style = styles[arm]
+        epochs = [p["epoch"] for p in points]
+        ax.plot(epochs, [p["linear_probe_accuracy"] for p in points], color=style["color"], marker=style["marker"],
+                linestyle="-", label=f"{arm}: linear probe")
+        ax.plot(epochs, [p["knn_accuracy"] for p in points], color=style["color"], marker=style["marker"],
+                mfc="none", linestyle="--", label=f"{arm}: k-NN")
+    ax.set_xlabel("pretraining epoch")
+    ax.set_ylabel("validation accuracy of the representation")
+    _finish(ax, "representation quality during pretraining")
+    return figure_svg(fig)
