@@ -313,21 +313,45 @@ def _permutation_test(name: str, statistic, n_a: int, n_total: int, seed: int) -
                           math.sqrt(p_value * (1 - p_value) / MONTE_CARLO_RESAMPLES))
 
 
-def _logrank_design(times, reached) -> tuple[np.ndarray, np.ndarray]:
-    """At-risk and event indicators (runs x distinct event times) of the pooled sample."""
-    event_times = np.unique(times[reached])
-    return (times[:, None] >= event_times[None, :]).astype(float), \
-        ((times[:, None] == event_times[None, :]) & reached[:, None]).astype(float)
+@dataclass(frozen=True)
+class _LogrankDesign:
+    """The pooled sample sorted by time, and where each distinct event time's runs start and end in it."""
+
+    order: np.ndarray  # sorting permutation of the pooled runs
+    reached: np.ndarray  # reached, in sorted order
+    start: np.ndarray  # per event time: first sorted position with time >= it
+    stop: np.ndarray  # per event time: first sorted position with time > it
+    at_risk: np.ndarray  # per event time: runs at risk
+    events: np.ndarray  # per event time: runs reaching the threshold then
 
 
-def _logrank_chi2(membership, at_risk, events) -> np.ndarray:
-    """Log-rank chi-square (O - E)^2 / V of arm A for each row of a membership matrix."""
-    total_at_risk, total_events = at_risk.sum(0), events.sum(0)
-    arm = membership.astype(float)
-    share = (arm @ at_risk) / total_at_risk
-    observed_minus_expected = (arm @ events - total_events * share).sum(1)
-    ties = np.where(total_at_risk > 1, total_events * (total_at_risk - total_events)
-                    / np.maximum(total_at_risk - 1, 1), 0.0)
+def _logrank_design(times, reached) -> _LogrankDesign:
+    """Risk sets and event counts of the pooled sample at each distinct event time."""
+    order = np.argsort(times, kind="stable")
+    sorted_times, sorted_reached = times[order], reached[order]
+    event_times = np.unique(sorted_times[sorted_reached])
+    start = np.searchsorted(sorted_times, event_times, side="left")
+    stop = np.searchsorted(sorted_times, event_times, side="right")
+    events = np.asarray([sorted_reached[a:b].sum() for a, b in zip(start, stop, strict=True)], float)
+    return _LogrankDesign(order, sorted_reached, start, stop, (times.size - start).astype(float), events)
+
+
+def _logrank_chi2(membership, design: _LogrankDesign) -> np.ndarray:
+    """Log-rank chi-square (O - E)^2 / V of arm A for each row of a membership matrix.
+
+    Counts per event time come from cumulative sums over the runs sorted by time (no matrix products:
+    multithreaded BLAS on small products is slow on a shared machine).
+    """
+    arm = membership[:, design.order]
+    members = np.zeros((arm.shape[0], arm.shape[1] + 1), np.int32)
+    np.cumsum(arm, axis=1, out=members[:, 1:])
+    arm_events = np.zeros_like(members)
+    np.cumsum(arm & design.reached, axis=1, out=arm_events[:, 1:])
+    share = (members[:, -1:] - members[:, design.start]) / design.at_risk
+    observed = arm_events[:, design.stop] - arm_events[:, design.start]
+    observed_minus_expected = (observed - design.events * share).sum(1)
+    ties = np.where(design.at_risk > 1, design.events * (design.at_risk - design.events)
+                    / np.maximum(design.at_risk - 1, 1), 0.0)
     variance = (share * (1 - share) * ties).sum(1)
     safe = np.where(variance > 0, variance, 1.0)
     return np.where(variance > 0, observed_minus_expected ** 2 / safe, 0.0)
@@ -340,7 +364,7 @@ def logrank_statistic(times_a, reached_a, times_b, reached_b) -> float | None:
     if not reached.any():
         return None
     membership = (np.arange(times.size) < len(times_a))[None, :]
-    return float(_logrank_chi2(membership, *_logrank_design(times, reached))[0])
+    return float(_logrank_chi2(membership, _logrank_design(times, reached))[0])
 
 
 def permutation_logrank(times_a, reached_a, times_b, reached_b, seed: int = 0) -> HypothesisTest | None:
@@ -363,7 +387,7 @@ def permutation_logrank(times_a, reached_a, times_b, reached_b, seed: int = 0) -
 @lru_cache(maxsize=256)
 def _cached_logrank(ranks: tuple, reached: tuple, n_a: int, seed: int) -> HypothesisTest:
     design = _logrank_design(np.asarray(ranks, float), np.asarray(reached, bool))
-    return _permutation_test("permutation log-rank", lambda m: _logrank_chi2(m, *design), n_a, len(ranks), seed)
+    return _permutation_test("permutation log-rank", lambda m: _logrank_chi2(m, design), n_a, len(ranks), seed)
 
 
 def permutation_mean_difference(a, b, seed: int = 0) -> HypothesisTest:
@@ -375,7 +399,7 @@ def permutation_mean_difference(a, b, seed: int = 0) -> HypothesisTest:
     total = pooled.sum()
 
     def difference(membership):
-        sums = membership.astype(float) @ pooled
+        sums = np.where(membership, pooled, 0.0).sum(1)
         return np.abs(sums / a.size - (total - sums) / b.size)
 
     return _permutation_test("permutation mean difference", difference, a.size, pooled.size, seed)
@@ -490,13 +514,13 @@ def _metric_on(weights, correct, labels, balanced: bool) -> np.ndarray:
     """Each run's (balanced) accuracy on weighted test images: weights (B, images) -> (B, runs)."""
     correct = correct.astype(float)
     if not balanced:
-        return weights @ correct.T / weights.sum(1, keepdims=True)
+        return np.einsum("bi,ri->br", weights, correct) / weights.sum(1, keepdims=True)
     masks = (labels[:, None] == np.unique(labels)[None, :]).astype(float)  # images x classes
-    hits = weights @ (correct.T[:, :, None] * masks[:, None, :]).reshape(labels.size, -1)  # B x (runs * classes)
-    counted = (weights @ masks)[:, None, :]
+    hits = np.einsum("bi,rik->brk", weights, correct[:, :, None] * masks[None, :, :])
+    counted = np.einsum("bi,ik->bk", weights, masks)[:, None, :]
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a class absent from a resample is left out
-        return np.nanmean(hits.reshape(weights.shape[0], correct.shape[0], -1) / counted, axis=2)
+        return np.nanmean(hits / counted, axis=2)
 
 
 @lru_cache(maxsize=2)
@@ -512,25 +536,27 @@ def _galaxy_weights(seed: int, resamples: int, images: int) -> np.ndarray:
 def _two_level(cells, labels, balanced: bool, seed: int, resamples: int):
     """Bootstrap replicates of each cell's mean over runs: (replicates (B, cells), galaxies-only (B, cells)).
 
-    Cells are (values, correct or None). Galaxies are resampled once per replicate and shared by every
-    cell (they are the same test images); then runs are resampled within each cell, their deviations from
-    the replicate's cell mean scaled by sqrt(n/(n-1)) so the bootstrap does not shrink the seed variance.
-    Without per-image correctness for every cell, only runs are resampled (galaxies-only is None).
-    Every call with one seed draws the same galaxies, so all arms and comparisons share them.
+    Cells are (values, correct or None). A replicate adds two independent draws: the test galaxies
+    resampled, the same galaxies for every cell since all are evaluated on the same images (all runs
+    kept); and the runs resampled within each cell on the actual test set, their deviations scaled by
+    sqrt(n/(n-1)) so that the bootstrap does not shrink the seed variance. The variance is then the
+    sum of the seed and test-set parts; the run-by-image interaction is in both, so it is counted twice
+    (conservative by about p(1-p)/(runs x images) per arm, small beside either part). Without per-image
+    correctness for every cell, only runs are resampled (galaxies-only is None). Every call with one
+    seed draws the same galaxies, so all arms and comparisons share them.
     """
     rng = np.random.default_rng(seed)
     with_images = labels is not None and all(correct is not None for _, correct in cells)
     weights = _galaxy_weights(seed, resamples, len(labels)) if with_images else None
     replicates, galaxies_only = [], []
     for values, correct in cells:
-        per_run = _metric_on(weights, correct, labels, balanced) if with_images else \
-            np.broadcast_to(values, (resamples, values.size))
-        centre = per_run.mean(1)
+        centre = _metric_on(weights, correct, labels, balanced).mean(1) if with_images else \
+            np.full(resamples, values.mean())
+        deviation = 0.0
         if values.size > 1:
-            drawn = np.take_along_axis(per_run, rng.integers(0, values.size, per_run.shape), 1).mean(1)
-            replicates.append(centre + math.sqrt(values.size / (values.size - 1)) * (drawn - centre))
-        else:
-            replicates.append(centre)
+            drawn = values[rng.integers(0, values.size, (resamples, values.size))].mean(1)
+            deviation = math.sqrt(values.size / (values.size - 1)) * (drawn - values.mean())
+        replicates.append(centre + deviation)
         galaxies_only.append(centre)
     return np.stack(replicates, 1), (np.stack(galaxies_only, 1) if with_images else None)
 
@@ -557,55 +583,72 @@ def _method(with_images: bool, runs: tuple[int, ...]) -> str:
     return text
 
 
+def _interaction_variance(correct, labels, balanced: bool) -> float:
+    """Variance of a cell's mean metric due to the run-by-image interaction (two-way ANOVA residual)."""
+    runs = correct.shape[0]
+    if runs < 2:
+        return 0.0
+    groups = [labels == label for label in np.unique(labels)] if balanced else [np.ones(labels.size, bool)]
+    total = 0.0
+    for mask in groups:
+        x = correct[:, mask].astype(float)
+        if x.shape[1] < 2:
+            continue
+        residual = x - x.mean(1, keepdims=True) - x.mean(0, keepdims=True) + x.mean()
+        mean_square = float((residual ** 2).sum()) / ((runs - 1) * (x.shape[1] - 1))
+        total += mean_square / (runs * x.shape[1]) / len(groups) ** 2
+    return total
+
+
+def _bootstrap_interval(cells, signs, labels, balanced: bool, seed: int, resamples: int) -> DifferenceCI:
+    """Interval of sum(sign x cell mean) from the two-level bootstrap; see accuracy_difference_ci."""
+    replicates, galaxies_only = _two_level(cells, labels, balanced, seed, resamples)
+    signs = np.asarray(signs, float)
+    estimate = float(sum(sign * values.mean() for sign, (values, _) in zip(signs, cells, strict=True)))
+    sizes = [values.size for values, _ in cells]
+    own = [float(np.var(values, ddof=1)) if values.size > 1 else None for values, _ in cells]
+    known = [v for v in own if v is not None]
+    # a cell with one run shows no seed variance: it borrows the others' (pooled), and the bootstrap,
+    # which cannot resample it, gets that part added
+    borrowed = float(np.mean(known)) if known else None
+    seed_parts = [((v if v is not None else borrowed) / n, n - 1) for v, n in zip(own, sizes, strict=True)] \
+        if known else []
+    variance = float(np.var(replicates @ signs, ddof=1))
+    variance += sum(borrowed / n for v, n in zip(own, sizes, strict=True) if v is None and known)
+    se_images = None if galaxies_only is None else float(np.std(galaxies_only @ signs, ddof=1))
+    if se_images is not None:  # the seed and the test-set parts both contain it: count it once
+        variance -= sum(_interaction_variance(correct, labels, balanced) for _, correct in cells)
+    se_seeds = math.sqrt(sum(v for v, _ in seed_parts)) if known else None
+    variance = max(variance, (se_seeds or 0.0) ** 2, (se_images or 0.0) ** 2)
+    parts = seed_parts + ([(se_images ** 2, labels.size - 1)] if se_images is not None else [])
+    df = _satterthwaite(parts)
+    se = math.sqrt(variance)
+    if se_seeds is None and se_images is None:
+        low = high = None
+    else:
+        half_width = float(stats.t.ppf((1 + CONFIDENCE) / 2, df)) * se if se > 0 else 0.0
+        low, high = estimate - half_width, estimate + half_width
+    return DifferenceCI(estimate, low, high, se, se_seeds, se_images, df,
+                        _satterthwaite(seed_parts) if known else None, _method(se_images is not None, tuple(sizes)))
+
+
 def accuracy_difference_ci(variant_values, baseline_values, variant_predictions=None, baseline_predictions=None,
                            labels=None, balanced: bool = False, seed: int = 0,
                            resamples: int = BOOTSTRAP_RESAMPLES) -> DifferenceCI:
     """Mean accuracy difference with a two-level (seeds, then shared test galaxies) bootstrap t interval.
 
-    The standard error is that of the two-level bootstrap; the t quantile has Welch-Satterthwaite degrees
-    of freedom over three parts: each arm's seed variance s^2/n (n - 1 df) and the test-galaxy part
-    (images - 1 df). With predictions (runs x images) and labels, the runs' metric is recomputed from them.
+    The standard error is that of the two-level bootstrap (see _two_level), less the run-by-image
+    interaction it counts twice (estimated by the two-way ANOVA residual of each arm's runs x images
+    correctness); the t quantile has Welch-Satterthwaite degrees of freedom over three parts: each arm's
+    seed variance s^2/n (n - 1 df) and the test-galaxy part (images - 1 df). With predictions
+    (runs x images) and labels, the runs' metric is recomputed from them.
     """
     correct_v, values_v = _correct_and_values(variant_values, variant_predictions, labels, balanced)
     correct_b, values_b = _correct_and_values(baseline_values, baseline_predictions, labels, balanced)
     if values_v.size == 0 or values_b.size == 0:
         raise ValueError("an accuracy difference needs at least one run in each arm")
-    replicates, galaxies_only = _two_level([(values_v, correct_v), (values_b, correct_b)], labels, balanced, seed,
-                                           resamples)
-    difference = float(values_v.mean() - values_b.mean())
-    variance = float(np.var(replicates[:, 0] - replicates[:, 1], ddof=1))
-    seed_parts = _seed_parts(values_v, values_b)
-    if values_v.size == 1 and values_b.size > 1:  # the bootstrap cannot see the lone run's seed variance
-        variance += seed_parts[0][0]
-    elif values_b.size == 1 and values_v.size > 1:
-        variance += seed_parts[1][0]
-    se_images = None if galaxies_only is None else float(np.std(galaxies_only[:, 0] - galaxies_only[:, 1], ddof=1))
-    parts = seed_parts + ([(se_images ** 2, labels.size - 1)] if se_images is not None else [])
-    has_seeds = max(values_v.size, values_b.size) > 1
-    se_seeds = math.sqrt(sum(v for v, _ in seed_parts)) if has_seeds else None
-    df = _satterthwaite(parts)
-    se = math.sqrt(variance)
-    if not has_seeds and se_images is None:
-        low = high = None
-    else:
-        half_width = float(stats.t.ppf((1 + CONFIDENCE) / 2, df)) * se if se > 0 else 0.0
-        low, high = difference - half_width, difference + half_width
-    return DifferenceCI(difference, low, high, se, se_seeds, se_images, df,
-                        _satterthwaite(seed_parts) if has_seeds else None,
-                        _method(se_images is not None, (values_v.size, values_b.size)))
-
-
-def _seed_parts(values_v, values_b) -> list[tuple[float, int]]:
-    """Each arm's seed variance of its mean, s^2 / n with n - 1 df; a lone run borrows the other arm's s^2."""
-    variances = [float(np.var(x, ddof=1)) if x.size > 1 else None for x in (values_v, values_b)]
-    if variances[0] is None:
-        variances[0] = variances[1]
-    if variances[1] is None:
-        variances[1] = variances[0]
-    if variances[0] is None:
-        return []
-    return [(variances[0] / values_v.size, max(values_v.size - 1, 0)),
-            (variances[1] / values_b.size, max(values_b.size - 1, 0))]
+    return _bootstrap_interval([(values_v, correct_v), (values_b, correct_b)], [1, -1], labels, balanced, seed,
+                               resamples)
 
 
 def accuracy_summary(metric: str, values, predictions=None, labels=None, seed: int = 0,
@@ -613,20 +656,11 @@ def accuracy_summary(metric: str, values, predictions=None, labels=None, seed: i
     """One arm's mean accuracy with the same two-level bootstrap t interval as accuracy_difference_ci."""
     balanced = metric == "test_balanced_accuracy"
     correct, values = _correct_and_values(values, predictions, labels, balanced)
-    replicates, galaxies_only = _two_level([(values, correct)], labels, balanced, seed, resamples)
-    mean = float(values.mean())
-    sd = float(values.std(ddof=1)) if values.size > 1 else 0.0
-    if values.size == 1 and galaxies_only is None:
-        ci = None
-    else:
-        se = float(np.std(replicates[:, 0], ddof=1))
-        parts = [(sd ** 2 / values.size, values.size - 1)]
-        if galaxies_only is not None:
-            parts.append((float(np.var(galaxies_only[:, 0], ddof=1)), labels.size - 1))
-        half_width = float(stats.t.ppf((1 + CONFIDENCE) / 2, _satterthwaite(parts))) * se if se > 0 else 0.0
-        ci = (mean - half_width, mean + half_width)
-    return AccuracySummary(metric, int(values.size), mean, interquartile_mean(values), sd, ci,
-                           _method(galaxies_only is not None, (values.size,)), tuple(values.tolist()))
+    interval = _bootstrap_interval([(values, correct)], [1], labels, balanced, seed, resamples)
+    return AccuracySummary(metric, int(values.size), interval.difference, interquartile_mean(values),
+                           float(values.std(ddof=1)) if values.size > 1 else 0.0,
+                           None if interval.low is None else (interval.low, interval.high), interval.method,
+                           tuple(values.tolist()))
 
 
 # --- what a null result means -------------------------------------------------------------------------------
@@ -888,7 +922,7 @@ def _welch_p(a: np.ndarray, b: np.ndarray) -> float | None:
         return None
     if np.ptp(np.concatenate([a, b])) == 0:
         return 1.0
-    if a.var() == 0 and b.var() == 0:
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
         return None  # two constant arms that differ: Welch's t is infinite, its p meaningless
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
