@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -21,8 +23,18 @@ from tests.conftest import write_suite
 OLD_RUN_DIR = Path(__file__).parent / "data" / "run-dir-v0.2"
 
 
-def test_report_writes_markdown_html_json_and_svg_figures(cli, finished_suite):
-    code, out, err = cli("report", finished_suite)
+@pytest.fixture(scope="module")
+def reported(finished_suite):
+    """`galbench report` run once on the finished suite: (exit code, stdout, stderr, report.json)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["report", str(finished_suite)])
+    report = json.loads((finished_suite / "report" / "report.json").read_text()) if code == 0 else None
+    return code, out.getvalue(), err.getvalue(), report
+
+
+def test_report_writes_markdown_html_json_and_svg_figures(reported, finished_suite):
+    code, out, err, report = reported
     assert code == 0, err
     folder = finished_suite / "report"
     figures = sorted(p.stem for p in folder.glob("*.svg"))
@@ -36,7 +48,6 @@ def test_report_writes_markdown_html_json_and_svg_figures(cli, finished_suite):
     alts = re.findall(r'<img src="[^"]+" alt="([^"]*)"', html)
     assert len(alts) == len(figures) and all(len(alt) > 40 for alt in alts)
     assert '<th scope="col">' in html and '<th scope="row">' in html
-    report = json.loads((folder / "report.json").read_text())
     assert report["headline"][0] in out.replace("\n", " ") or report["headline"][0][:60] in out.replace("\n", " ")
     assert "wrote " in err and str(folder / "report.html") in err and "wrote" not in out
     markdown = (folder / "report.md").read_text()
@@ -55,10 +66,9 @@ def test_report_json_goes_to_stdout_for_scripting(cli, finished_suite):
     assert not re.search(r"\b(NaN|Infinity|None|True|False)\b|'[a-z_]+':", out)
 
 
-def test_report_numbers_are_the_statistics_of_the_runs(cli, finished_suite):
+def test_report_numbers_are_the_statistics_of_the_runs(reported, finished_suite):
     """report.json quotes exactly what stats computes from the same results rows (nothing recomputed here)."""
-    cli("report", finished_suite)
-    report = json.loads((finished_suite / "report" / "report.json").read_text())
+    report = reported[3]
     runs = load_report(finished_suite).runs
     by_arm = {v: [r for r in runs if r["variant"] == v] for v in ("scratch", "faster")}
     (primary,) = report["confirmatory"]
@@ -80,9 +90,8 @@ def test_report_numbers_are_the_statistics_of_the_runs(cli, finished_suite):
             assert item["test"]["p_value"] >= item["test"]["p_floor"] >= 0.1 - 1e-12  # 3 vs 3: exact floor 0.1
 
 
-def test_winner_is_chosen_on_validation_as_the_export_is(cli, finished_suite):
-    cli("report", finished_suite)
-    report = json.loads((finished_suite / "report" / "report.json").read_text())
+def test_winner_is_chosen_on_validation_as_the_export_is(reported, finished_suite):
+    report = reported[3]
     exported = json.loads((finished_suite / "export" / "exports.json").read_text())["winner"]
     assert (report["winner"]["variant"], report["winner"]["seed"]) == (exported["variant"], exported["seed"])
     best = max(report["runs"], key=lambda r: r["best_val_accuracy"])
@@ -172,11 +181,10 @@ def test_old_run_directory_still_reports(cli, tmp_path):
     assert (copy / "report" / "report.html").stat().st_size > 0
 
 
-def test_html_report_renders_in_headless_chromium(cli, finished_suite, tmp_path):
+def test_html_report_renders_in_headless_chromium(reported, finished_suite, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("Chromium is not installed (.ci/run installs it: apt-get install chromium)")
-    cli("report", finished_suite)
     page = (finished_suite / "report" / "report.html").as_uri()
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -189,7 +197,7 @@ def test_html_report_renders_in_headless_chromium(cli, finished_suite, tmp_path)
 
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert (pixels.reshape(-1, 3).sum(1) < 600).mean() > 0.02  # not blank: text and figures drawn
-    report = json.loads((finished_suite / "report" / "report.json").read_text())
+    report = reported[3]
     text = re.sub(r"<[^>]+>", " ", dom)
     assert " ".join(report["headline"][0].split())[:80] in " ".join(text.split()).replace("&amp;", "&")
     # the answer comes first, the figures drawn: matplotlib's first two arm colours are on the first screen

@@ -257,7 +257,7 @@ def _diff(value: float) -> str:
 
 
 def _ratio(value: float) -> str:
-    return f"{value:.2f}"
+    return f"{value:.3g}"
 
 
 def _count(value: float) -> str:
@@ -426,7 +426,6 @@ def _floor_phrase(c: stats.Comparison, alpha: float) -> str:
 
 def accuracy_verdict(report: SuiteReport, c: stats.Comparison) -> str:
     """An accuracy comparison as a person would say it, from the numbers."""
-    alpha = report.analysis.settings.alpha
     label = endpoint_label(report, c.endpoint)
     where = _where(report, c.train_size)
     numbers = f"{fmt_bound(c.estimate, _diff)} {fmt_interval(c.ci, _diff)}".strip()
@@ -438,9 +437,7 @@ def accuracy_verdict(report: SuiteReport, c: stats.Comparison) -> str:
         return (f"{c.variant} scored {direction} than {c.baseline} on {label}{where}: {numbers} "
                 f"({_p_phrase(c)}).")
     text = f"{c.variant} against {c.baseline} on {label}{where}: no difference detected ({numbers}, {_p_phrase(c)})"
-    if c.test.p_floor > alpha:
-        text += "; " + _floor_phrase(c, alpha)
-    elif c.mde is not None:
+    if c.mde is not None:
         text += f"; a gain above +{c.mde:.3f} would have been detected {stats.POWER:.0%} of the time"
     elif c.mde_note:
         text += f"; {c.mde_note}"
@@ -503,8 +500,8 @@ def cost_sentences(report: SuiteReport) -> list[str]:
         unit = flops_unit([cost.pretraining, cost.estimate.value])
         base = next((b for b in report.analysis.costs if b.variant == report.baseline
                      and b.metric == cost.metric and b.train_size == size), None)
-        per_run = (f"{fmt_bound(cost.estimate, unit)} {unit.label} per fine-tune {cost.scope}"
-                   + (f" against {fmt_bound(base.estimate, unit)} for {report.baseline}" if base else ""))
+        per_run = (f"{fmt_bound(cost.estimate, unit)} {unit.label} per fine-tune ({cost.scope})"
+                   + (f" against {fmt_bound(base.estimate, unit)} {unit.label} for {report.baseline}" if base else ""))
         pre = f"its pretraining ({unit(cost.pretraining)} {unit.label}, counted in full)"
         if cost.break_even.never:
             texts.append(f"{cost.variant} never pays back {pre}: {per_run}.")
@@ -525,16 +522,15 @@ def labels_sentences(report: SuiteReport) -> list[str]:
             continue
         e, baseline = entries[0], report.baseline
         needed = e.baseline_labels
-        ci = fmt_interval(e.ci, _count)
         if needed.side == "at_least":
-            texts.append(f"{variant} with {e.train_size:,} labels scored higher than {baseline} with all "
-                         f"{needed.value:,.0f} ({baseline} would need more than all its labels) {ci}.".replace(" .", "."))
+            texts.append(f"With {e.train_size:,} labels, {variant} scored higher than {baseline} did with all "
+                         f"{needed.value:,.0f}: {baseline} would need more labels than the suite gave it.")
         elif needed.side == "at_most":
-            texts.append(f"{baseline} matched {variant}'s accuracy at {e.train_size:,} labels with at most "
-                         f"{needed.value:,.0f}: no labels saved there.")
+            texts.append(f"With {e.train_size:,} labels, {variant} saved no labels: {baseline} matched its accuracy "
+                         f"with at most {needed.value:,.0f}.")
         elif needed.side == "exact":
-            texts.append(f"{variant} matched {baseline}'s accuracy at {needed.value:,.0f} labels with "
-                         f"{e.train_size:,} {ci}.".replace(" .", "."))
+            texts.append(f"With {e.train_size:,} labels, {variant} matched {baseline}'s accuracy at "
+                         f"{needed.value:,.0f} labels (95% CI {_labels_interval(e.ci)}).")
     return texts
 
 
@@ -843,14 +839,19 @@ def labels_saved_table(report: SuiteReport) -> Table | None:
     if not entries:
         return None
     rows = [{"variant": e.variant, "size": f"{e.train_size:,}", "accuracy": f"{e.arm_accuracy:.3f}",
-             "needed": _labels_needed(e.baseline_labels),
-             "ci": "[" + ", ".join(_labels_needed(b) for b in e.ci) + "]",
+             "needed": _labels_needed(e.baseline_labels), "ci": _labels_interval(e.ci),
              "note": "" if e.baseline_monotone else f"{report.baseline}'s curve dips: first crossing used"}
             for e in entries]
     return Table(f"labels saved: labelled galaxies {report.baseline} needs to match each arm", [
         Column("variant", "arm"), Column("size", "arm's labels"), Column("accuracy", "arm's accuracy"),
         Column("needed", f"{report.baseline} needs"), Column("ci", "95% CI"), Column("note", "note", terminal=False)],
         rows, note="Interpolated linearly in log(labels) on the baseline's mean accuracy curve.")
+
+
+def _labels_interval(ci: tuple[stats.Bound, stats.Bound]) -> str:
+    """A labels-saved interval: "[235, 552]", "[910, more than all]", or "more than all" at both ends."""
+    low, high = (_labels_needed(b) for b in ci)
+    return low if low == high else f"[{low}, {high}]"
 
 
 def _labels_needed(bound: stats.Bound) -> str:
@@ -960,17 +961,18 @@ def figures(report: SuiteReport) -> list[Figure]:
 
     found = [_headline_figure(report)]
     size = _largest_size(report)
+    where = _where(report, size)
     found.append(Figure("learning_curves", plots.learning_curves(
-        _curves(report, "epochs"), "epochs", f"{report.threshold_metric} during training: median over runs, band: "
-                                             "interquartile range"),
-        f"Learning curves: {report.threshold_metric} against epochs for "
-        + ", ".join(_arm_curve_alt(report, v) for v in _variants(report)) + ".", "Learning curves."))
+        _curves(report, "epochs"), "epochs", f"{report.threshold_metric} during training{where}: median over runs, "
+                                             "band: interquartile range"),
+        f"Learning curves{where}: {report.threshold_metric} against epochs for "
+        + ", ".join(_arm_curve_alt(report, v) for v in _variants(report)) + ".", f"Learning curves{where}."))
     for key, unit, label, metric in (("train_flops", "FLOP", "training FLOPs", "train_flops"),
                                      ("device_seconds", "s", "device-seconds", "device_seconds")):
         offsets = _pretraining_offsets(report, metric)
         shifted = ", ".join(f"{v} starts after its pretraining ({plots._eng(o, unit)})" for v, o in offsets.items())
         found.append(Figure(f"accuracy_vs_{key}", plots.learning_curves(
-            _curves(report, key), f"{label} (log scale), pretraining included", f"accuracy against {label}",
+            _curves(report, key), f"{label} (log scale), pretraining included", f"accuracy against {label}{where}",
             unit=unit, offsets=offsets),
             f"Validation accuracy against cumulative {label} on a log axis, one line per arm"
             + (f"; {shifted}" if shifted else "; no arm has a pretraining cost on galbench's bill") + ".",
@@ -984,12 +986,11 @@ def figures(report: SuiteReport) -> list[Figure]:
                                               for th in report.thresholds) for v, rows in strips.items())
     found.append(Figure("time_to_threshold", plots.time_to_threshold_strip(strips, report.thresholds,
                                                                            report.threshold_metric),
-                        f"Epochs to each threshold per run; runs reaching it: {reached}.",
-                        "Epochs to each threshold; open markers never got there."))
+                        f"Epochs to each threshold per run{where}; runs reaching it: {reached}.",
+                        f"Epochs to each threshold{where}; open markers never got there."))
     best = winner(report)
     if best and report.classes and best.get("confusion"):
-        title = (f"winner (chosen on validation): {best['variant']} seed {best['seed']}, "
-                 f"test accuracy {best['test_accuracy']:.3f}")
+        title = f"winner (chosen on validation): {_run_name(report, best)}, test accuracy {best['test_accuracy']:.3f}"
         found.append(Figure("confusion_winner", plots.confusion_plot(best["confusion"], report.classes, title),
                             f"Confusion matrix of the {title}; rows true class, columns predicted, counts "
                             + "; ".join(f"true {name}: " + ", ".join(map(str, row))
@@ -1083,11 +1084,12 @@ def _km_figure(report: SuiteReport, threshold: float | None = None, field_: str 
     if not curves:
         return None
     label = COST_LABELS.get(field_, field_)
+    where = _where(report, size)
     return Figure("kaplan_meier", plots.kaplan_meier_curves(
-        curves, label, f"Kaplan-Meier: time to {threshold:g} {report.threshold_metric}"),
-        f"Kaplan-Meier curves of the fraction of runs not yet at {threshold:g} {report.threshold_metric} against "
-        f"{label}: " + "; ".join(described) + ".",
-        f"Kaplan-Meier curves for {threshold:g} {report.threshold_metric}.")
+        curves, label, f"Kaplan-Meier: time to {threshold:g} {report.threshold_metric}{where}"),
+        f"Kaplan-Meier curves of the fraction of runs not yet at {threshold:g} {report.threshold_metric}{where} "
+        f"against {label}: " + "; ".join(described) + ".",
+        f"Kaplan-Meier curves for {threshold:g} {report.threshold_metric}{where}.")
 
 
 # --- the document --------------------------------------------------------------------------------------------
@@ -1187,8 +1189,8 @@ def terminal_report(report: SuiteReport) -> list:
 
     status, incomplete = run_status(report)
     parts = [Text(f"galbench report: {report.name}", style="bold"),
-             Text(status, style="yellow" if incomplete else "")]
-    parts += [Text(sentence) for sentence in headline(report)]
+             Text(status + "\n", style="yellow" if incomplete else "")]
+    parts += [Text(sentence + "\n") for sentence in headline(report)]
     parts.append(Text(primary_sentence(report), style="dim"))
     parts.append(_rich_table(confirmatory_table(report)))
     size = _largest_size(report)
