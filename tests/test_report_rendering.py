@@ -285,6 +285,22 @@ def test_tost_column_where_the_suite_sets_a_margin():
     assert row["balanced"] and row["mde"].startswith("±")
 
 
+def test_one_run_against_one_run_is_mcnemar_on_the_shared_test_images():
+    report = build([make_row("scratch", 0, 0.6), make_row("fractal", 0, 0.7)])
+    (comparison,) = report.analysis.confirmatory
+    assert comparison.test.name == "McNemar exact"
+    assert f"McNemar exact p = {R.fmt_p(comparison.test.p_value)}" in R.headline(report)[0]
+    row = next(r for r in R.accuracy_table(report, None).rows if r["variant"] == "fractal")
+    assert row["test_name"] == "McNemar exact" and row["se"].startswith("n/a / 0.0")  # no seed part with one run
+    assert row["val"] == "0.700 (one run)"
+
+
+def test_a_baseline_alone_reports_without_comparisons():
+    report = build([make_row("scratch", s, 0.6) for s in range(3)], make_suite(variants=("scratch",)))
+    assert R.headline(report) == ["Only scratch has finished runs, so there is nothing to compare it with yet."]
+    assert R.confirmatory_table(report).rows == [] and 'id="answer"' in html_of(report)
+
+
 @pytest.mark.parametrize("size", [None, 300])
 def test_markdown_and_html_carry_the_same_rows(size):
     rows = [make_row(v, s, 0.7, size=size) for v in ("scratch", "fractal") for s in range(3)]

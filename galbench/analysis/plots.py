@@ -178,18 +178,19 @@ def kaplan_meier_curves(curves: dict[str, tuple[list[float], list[float], int]],
     return figure_svg(fig)
 
 
-def accuracy_by_arm(arms: list[tuple[str, list[float], float, tuple[float, float]]], y_label: str,
+def accuracy_by_arm(arms: list[tuple[str, list[float], float, tuple[float, float] | None]], y_label: str,
                     chance: float | None, title: str) -> str:
-    """Each run's accuracy (points), the arm's mean and its 95% interval (bar), and the chance level."""
+    """Each run's accuracy (points), the arm's mean and its 95% interval (bar; none for one run), chance level."""
     styles = arm_styles([arm for arm, *_ in arms])
     fig, ax = plt.subplots(figsize=(max(3.6, 1.3 * len(arms) + 2), 3.9))
     rng = np.random.default_rng(0)
-    for index, (arm, values, mean, (low, high)) in enumerate(arms):
+    for index, (arm, values, mean, ci) in enumerate(arms):
         style = styles[arm]
         ax.scatter(index + rng.uniform(-0.12, 0.12, len(values)), values, s=18, marker=style["marker"],
                    facecolors="none", edgecolors=style["color"], alpha=0.8)
-        ax.errorbar(index + 0.25, mean, yerr=[[mean - low], [high - mean]], fmt=style["marker"],
-                    color=style["color"], capsize=4, markersize=7)
+        error = None if ci is None else [[mean - ci[0]], [ci[1] - mean]]
+        ax.errorbar(index + 0.25, mean, yerr=error, fmt=style["marker"], color=style["color"], capsize=4,
+                    markersize=7)
     if chance is not None:
         ax.axhline(chance, color="0.35", linestyle=":", linewidth=1)
         ax.annotate(f"chance (majority class) {chance:.2f}", (len(arms) - 0.5, chance), fontsize=7, ha="right",

@@ -667,7 +667,11 @@ def _run_name(report: SuiteReport, row: dict) -> str:
 # --- tables ------------------------------------------------------------------------------------------------
 
 def _interval_text(summary: stats.AccuracySummary | None) -> str:
-    return "" if summary is None else f"{summary.mean:.3f} [{summary.ci[0]:.3f}, {summary.ci[1]:.3f}]"
+    if summary is None:
+        return ""
+    if summary.ci is None:
+        return f"{summary.mean:.3f} (one run)"
+    return f"{summary.mean:.3f} [{summary.ci[0]:.3f}, {summary.ci[1]:.3f}]"
 
 
 def confirmatory_table(report: SuiteReport) -> Table:
@@ -709,7 +713,7 @@ def accuracy_table(report: SuiteReport, size) -> Table:
         else:
             row.update({"difference": f"{fmt_bound(c.estimate, _diff)} {fmt_interval(c.ci, _diff)}".strip(),
                         "p": fmt_p(c.test.p_value) if c.test else "", "test_name": c.test.name if c.test else "",
-                        "mde": f"±{c.mde:.3f}" if c.mde is not None else "",
+                        "mde": f"±{c.mde:.3f}" if c.mde is not None else "", "se": _se_text(c.difference_ci),
                         "welch": fmt_p(c.welch_p), "hedges": "" if c.hedges_g is None or not np.isfinite(c.hedges_g)
                         else f"{c.hedges_g:+.2f}",
                         "tost": "" if c.equivalence is None else
@@ -726,9 +730,16 @@ def accuracy_table(report: SuiteReport, size) -> Table:
         Column("difference", "vs baseline [95% CI]"), Column("p", "p"),
         Column("test_name", "test", terminal=False),
         Column("balanced_difference", "balanced acc. vs baseline", terminal=False),
-        Column("mde", "detectable (80%)", terminal=False), Column("tost", "equivalent (TOST)", terminal=False),
+        Column("se", "SE: seeds / test galaxies", terminal=False), Column("mde", "detectable (80%)", terminal=False), Column("tost", "equivalent (TOST)", terminal=False),
         Column("welch", "Welch p (info)", terminal=False), Column("hedges", "Hedges g", terminal=False)],
         rows, note="Intervals: " + "; ".join(methods) if methods else "")
+
+
+def _se_text(ci: stats.DifferenceCI | None) -> str:
+    """Where a difference's uncertainty comes from: its standard error over seeds and over test galaxies."""
+    if ci is None:
+        return ""
+    return " / ".join("n/a" if se is None else f"{se:.3f}" for se in (ci.se_seeds, ci.se_images))
 
 
 def recall_table(report: SuiteReport) -> Table | None:
@@ -1037,7 +1048,8 @@ def _headline_figure(report: SuiteReport) -> Figure:
             points.sort(key=lambda p: p[0])
             if points:
                 series[variant] = ([p[0] for p in points], [p[1].mean for p in points],
-                                   [p[1].ci[0] for p in points], [p[1].ci[1] for p in points])
+                                   [(p[1].ci or (p[1].mean,) * 2)[0] for p in points],
+                                   [(p[1].ci or (p[1].mean,) * 2)[1] for p in points])
                 described.append(f"{variant}: " + ", ".join(f"{s.mean:.3f} at {n:,}" for n, s in points))
         return Figure("label_efficiency", plots.label_efficiency(series, chance_value, "test accuracy"),
                       "Test accuracy against labelled training galaxies (log axis) per arm, with 95% interval "
@@ -1060,8 +1072,8 @@ def _headline_figure(report: SuiteReport) -> Figure:
     return Figure("headline", plots.accuracy_by_arm(arms, label, chance_value,
                                                     f"{label} per arm: runs (open), mean and 95% interval"),
                   f"{label.capitalize()} per arm, each run a point with the mean and its 95% interval: "
-                  + "; ".join(f"{v} {m:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] over {len(vals)} runs"
-                              for v, vals, m, ci in arms)
+                  + "; ".join(f"{v} {m:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + f" over {len(vals)} "
+                              f"run{'s' if len(vals) != 1 else ''}" for v, vals, m, ci in arms)
                   + (f"; chance level (majority class) {chance_value:.3f}." if chance_value else "."),
                   f"{label.capitalize()} per arm.")
 
