@@ -301,6 +301,30 @@ def test_a_baseline_alone_reports_without_comparisons():
     assert R.confirmatory_table(report).rows == [] and 'id="answer"' in html_of(report)
 
 
+def test_damaged_event_logs_are_named_in_words(tmp_path):
+    cases = {"binary": b"\xff\xfe\x00garbage\n", "no-start": b'{"event": "eval", "epochs": 1}\n',
+             "malformed": b'{"event": "run_start"}\n{"event": "eval"}\n'}
+    details = {}
+    for name, content in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "events.jsonl").write_bytes(content)
+        record, row = R.read_run(tmp_path / name, THRESHOLDS)
+        assert record.status == "unreadable" and row is None
+        details[name] = record.detail
+    assert details == {"binary": "event log is not UTF-8 text", "no-start": "no run_start event",
+                       "malformed": "malformed events (fields missing or of the wrong type)"}
+
+
+def test_run_summary_lists_what_ran_without_statistics():
+    from rich.console import Console
+
+    rows = [make_row("scratch", s, 0.6) for s in range(3)] + [{**make_row("fractal", 0, 0.7), "finished": False}]
+    console = Console(width=100, record=True)
+    console.print(R.run_summary_table(rows, THRESHOLDS, title="synthetic"))
+    text = console.export_text()
+    assert "scratch" in text and "3/3" in text and "0/1" in text and max(map(len, text.splitlines())) <= 100
+
+
 @pytest.mark.parametrize("size", [None, 300])
 def test_markdown_and_html_carry_the_same_rows(size):
     rows = [make_row(v, s, 0.7, size=size) for v in ("scratch", "fractal") for s in range(3)]

@@ -133,15 +133,17 @@ def read_run(folder: Path, thresholds: list[float]) -> tuple[RunRecord, dict | N
     try:
         lines = log.read_text().splitlines()
         events = EventLog(log).read()
-    except (OSError, UnicodeDecodeError) as exc:
-        return RunRecord(folder.name, "unreadable", f"event log unreadable ({exc.__class__.__name__})"), None
+    except UnicodeDecodeError:
+        return RunRecord(folder.name, "unreadable", "event log is not UTF-8 text"), None
+    except OSError as exc:
+        return RunRecord(folder.name, "unreadable", f"event log unreadable: {exc.strerror}"), None
     cut = f"event log cut mid-line at line {len(events) + 1} of {len(lines)}" if len(events) < len(lines) else ""
     if not any(isinstance(e, dict) and e.get("event") == "run_start" for e in events):
         return RunRecord(folder.name, "unreadable", cut or "no run_start event"), None
     try:
         row = results_from_events(events, thresholds)
-    except (KeyError, TypeError, ValueError, StopIteration) as exc:
-        return RunRecord(folder.name, "unreadable", f"malformed event ({exc.__class__.__name__}: {exc})"), None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return RunRecord(folder.name, "unreadable", "malformed events (fields missing or of the wrong type)"), None
     if row["finished"]:
         return RunRecord(folder.name, "finished", cut), row
     epochs = (row["totals"] or {}).get("epochs")
