@@ -294,3 +294,11 @@ def test_main_threshold_is_descriptive_only():
     analysis = stats.analyse(runs, [0.8], "scratch")
     assert analysis.main_threshold == 0.8
     assert all(c.endpoint.text == "test_accuracy" for c in analysis.confirmatory)
+
+
+def test_notes_for_shared_gpus_and_several_pretrainings():
+    runs = arm("scratch", [0.7, 0.71, 0.72], shared_gpu=True) + \
+        [row("fractal", i, 0.75, pretrain_id=f"p{i % 2}", replicate=i % 2) for i in range(4)]
+    notes = stats.analyse(runs, [0.8], "scratch").notes
+    assert any("3 of 7 runs shared their GPU" in note for note in notes)
+    assert any("fractal: runs start from 2 pretrainings" in note for note in notes)
