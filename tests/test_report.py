@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from galbench.analysis import report as R
 from galbench.analysis import stats
 from galbench.analysis.report import load_report
 from galbench.cli import main
@@ -106,6 +107,23 @@ def test_report_is_recomputed_from_event_logs_not_results_json(finished_suite, t
     (copy / "results.json").write_text(json.dumps({"runs": []}))
     report = load_report(copy)
     assert len(report.runs) == 6 and {r["variant"] for r in report.runs} == {"scratch", "faster"}
+
+
+def test_pretraining_cost_recorded_only_in_results_json_is_on_the_bill(finished_suite, tmp_path):
+    copy = tmp_path / "pretrained"
+    shutil.copytree(finished_suite, copy, ignore=shutil.ignore_patterns("report"))
+    stored = json.loads((copy / "results.json").read_text())
+    for row in stored["runs"]:
+        row["test_accuracy"] = -1.0  # never used: the event log says it
+        if row["variant"] == "faster":
+            row["pretrain_cost"] = {"train_flops": 3e12, "device_seconds": 40.0}
+    (copy / "results.json").write_text(json.dumps(stored))
+    report = load_report(copy)
+    assert all(r["test_accuracy"] >= 0 for r in report.runs)
+    costs = {(c.variant, c.metric): c for c in report.analysis.costs}
+    assert costs[("faster", "train_flops")].pretraining == 3e12 and costs[("scratch", "train_flops")].pretraining is None
+    row = next(r for r in R.cost_table(report, "train_flops", None).rows if r["variant"] == "faster")
+    assert row["pretraining"] == "3,000" and row["break_even"] == "never"  # GFLOPs; fine-tuning costs as scratch
 
 
 def test_unfinished_and_unreadable_runs_are_counted_never_dropped(cli, finished_suite, tmp_path):

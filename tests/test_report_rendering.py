@@ -164,6 +164,7 @@ def test_numbers_are_never_printed_as_zero_inf_or_nan():
     assert R.fmt_interval((stats.Bound(None, "unknown"), stats.Bound(None, "unknown")), R._ratio) == ""
     assert R.flops_unit([3e14, 2e15]).label == "PFLOPs" and R.flops_unit([4e9]).label == "GFLOPs"
     assert R.seconds_unit([30.0]).label == "device-seconds" and R.seconds_unit([900.0]).label == "device-minutes"
+    assert [R.flops_unit([4e9])(v) for v in (4.5e9, 3e12, 1.234e11)] == ["4.5", "3,000", "123"]
 
 
 # --- rendered from synthetic runs through stats.analyse ----------------------------------------------------

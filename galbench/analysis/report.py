@@ -162,9 +162,21 @@ def load_report(run_dir: str | Path) -> SuiteReport:
         if record.status == "finished":
             row["retries"] = _read_json(folder / "retries.json").get("retries", 0)
             runs.append(row)
+    _add_runner_fields(runs, _read_json(run_dir / "results.json").get("runs", []))
     split = _read_json(run_dir / "split.json")
     return build_report(run_dir, suite, runs, records, _read_json(run_dir / "environment.json"), split,
                         _read_json(run_dir / "export" / "exports.json"))
+
+
+def _add_runner_fields(runs: list[dict], stored: list[dict]) -> None:
+    """Fields the runner adds to results.json but not to the event log (the pretraining's cost, for one).
+
+    Everything the event log says wins; results.json only fills in what the log cannot know.
+    """
+    by_run = {(r.get("variant"), r.get("seed"), r.get("train_size")): r for r in stored if isinstance(r, dict)}
+    for row in runs:
+        extra = by_run.get((row["variant"], row["seed"], row.get("train_size")), {})
+        row.update({key: value for key, value in extra.items() if key not in row})
 
 
 def build_report(path: Path, suite: dict, runs: list[dict], records: list[RunRecord] | None = None,
@@ -278,7 +290,8 @@ class Unit:
     label: str
 
     def __call__(self, value: float) -> str:
-        return f"{value / self.scale:.3g}"
+        scaled = value / self.scale
+        return f"{scaled:,.0f}" if abs(scaled) >= 100 else f"{scaled:.3g}"  # three figures, never 3e+03
 
 
 def flops_unit(values) -> Unit:
