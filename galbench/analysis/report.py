@@ -642,6 +642,9 @@ def design_facts(report: SuiteReport) -> list[tuple[str, str]]:
     facts.append(("what varies between arms", ", ".join(varies) or "nothing but the arm's name"))
     facts.append(("thresholds", ", ".join(f"{t:g}" for t in report.thresholds) + f" ({report.threshold_metric})"))
     facts.append(("sources of variance", variance_sources(report)))
+    missing = missing_fields(report)
+    if missing:
+        facts.append(("not recorded", f"{missing} (an older galbench wrote this run directory, or it does not apply)"))
     return facts
 
 
@@ -1167,6 +1170,19 @@ def sections(report: SuiteReport, found: list[Figure]) -> tuple[list[Section], l
                 Section("runs", "Appendix: runs and environment", tables=[runs_table(report)],
                         paragraphs=[environment_line(report)])]
     return body, appendix
+
+
+OPTIONAL_FIELDS = {  # results-row field -> what the report cannot show without it
+    "test_balanced_accuracy": "balanced accuracy",
+    "test_labels": "intervals that resample test galaxies (per-image labels), and McNemar's test",
+    "train_size": "the number of labelled training galaxies",
+    "shared_gpu": "whether runs shared a GPU",
+}
+
+
+def missing_fields(report: SuiteReport) -> str:
+    """What this run directory does not record (older galbench versions), so the report cannot show."""
+    return "; ".join(what for key, what in OPTIONAL_FIELDS.items() if all(r.get(key) is None for r in report.runs))
 
 
 def cost_notes(report: SuiteReport) -> list[str]:
