@@ -1163,10 +1163,11 @@ def sections(report: SuiteReport, found: list[Figure]) -> tuple[list[Section], l
                             figures=[by_name["reliability"]]))
     if "probe_curves" in by_name:
         body.append(Section("probes", "Pretraining probes", figures=[by_name["probe_curves"]]))
+    if report.analysis.notes:
+        body.append(Section("notes", "Notes on the statistics", paragraphs=list(report.analysis.notes)))
     appendix = [Section("confirmatory", "Appendix: the confirmatory family",
                         paragraphs=[primary_sentence(report)], tables=[confirmatory_table(report)]),
-                Section("exploratory", "Appendix: exploratory comparisons", tables=[exploratory_table(report)],
-                        paragraphs=list(report.analysis.notes)),
+                Section("exploratory", "Appendix: exploratory comparisons", tables=[exploratory_table(report)]),
                 Section("runs", "Appendix: runs and environment", tables=[runs_table(report)],
                         paragraphs=[environment_line(report)])]
     return body, appendix
@@ -1249,7 +1250,7 @@ def terminal_report(report: SuiteReport) -> list:
     if best:
         parts.append(Text(f"winner (chosen on validation accuracy {best['best_val_accuracy']:.3f}): "
                           f"{_run_name(report, best)}, test accuracy {best['test_accuracy']:.3f}"))
-    parts += [Text(note) for note in cost_notes(report)[1:]]
+    parts += [Text(note) for note in cost_notes(report)[1:] + report.analysis.notes]
     parts.append(Text(environment_line(report), style="dim"))
     parts.append(Text(f"every table, per-size details and the appendix: {report.path / 'report' / 'report.html'}",
                       style="dim"))
