@@ -180,7 +180,9 @@ def test_label_efficiency_curve_labels_saved_and_per_size_tables():
     assert set(saved) == {100, 300, 1000}
     text = " ".join(R.labels_sentences(report))
     first = saved[100].baseline_labels
-    assert first.side == "exact" and f"With 100 labels, fractal matched scratch's accuracy at {first.value:,.0f} labels" in text
+    low, high = (f"{b.value:,.0f}" for b in saved[100].ci)
+    assert first.side == "exact" and (f"With 100 labels, fractal matched scratch's test accuracy at {first.value:,.0f} "
+                                      f"labels (95% CI {low} to {high})") in text
     table = R.labels_saved_table(report)
     assert any(row["needed"] == "more than all" for row in table.rows)  # scratch never reaches fractal at 1,000
     assert saved[1000].baseline_labels.side == "at_least"
@@ -277,6 +279,17 @@ def test_a_declared_time_endpoint_leads_the_report():
     assert "to 0.7" in R.cost_table(report, "train_flops", None).title
 
 
+def test_a_flops_endpoint_is_said_in_flops_units():
+    rows = [make_row("scratch", s, 0.8, epochs=10) for s in range(5)]
+    rows += [make_row("fractal", s, 0.8, epochs=5) for s in range(5)]
+    report = build(rows, make_suite(analysis={"primary": "flops_to:0.7"}))
+    (text,) = R.headline(report)
+    assert "fractal reached 0.7 in 5 of 5 runs (median 3 TFLOPs), scratch in 5 of 5 runs (median 5.5 TFLOPs)" in text
+    assert "e+" not in text
+    km = R.figures(report)[0]
+    assert km.name == "kaplan_meier" and "median 3 TFLOPs" in km.alt and "TFLOP" in km.svg
+
+
 def test_tost_column_where_the_suite_sets_a_margin():
     rows = [make_row(v, s, 0.7) for v in ("scratch", "fractal") for s in range(5)]
     report = build(rows, make_suite(analysis={"equivalence": 0.05}))
@@ -314,6 +327,13 @@ def test_damaged_event_logs_are_named_in_words(tmp_path):
         details[name] = record.detail
     assert details == {"binary": "event log is not UTF-8 text", "no-start": "no run_start event",
                        "malformed": "malformed events (fields missing or of the wrong type)"}
+    start = json.dumps({"event": "run_start", "variant": "scratch", "seed": 0, "model": "m", "init": "scratch"})
+    (tmp_path / "middle").mkdir()
+    (tmp_path / "middle" / "events.jsonl").write_text(f'{start}\n{{"event": "ev\n{{"event": "eval"}}\n')
+    record, row = R.read_run(tmp_path / "middle", THRESHOLDS)
+    assert (record.status, record.detail) == ("unfinished", "no evaluation yet; event log damaged at line 2 of 3, "
+                                                            "read up to there")
+    assert row["variant"] == "scratch" and not row["finished"]
 
 
 def test_run_summary_lists_what_ran_without_statistics():

@@ -161,8 +161,12 @@ def time_to_threshold_strip(rows: dict[str, list[dict]], thresholds: list[float]
     return figure_svg(fig)
 
 
-def kaplan_meier_curves(curves: dict[str, tuple[list[float], list[float], int]], x_label: str, title: str) -> str:
-    """Fraction of runs not yet at a threshold against cost (Kaplan-Meier steps), one style per arm."""
+def kaplan_meier_curves(curves: dict[str, tuple[list[float], list[float], int]], x_label: str, title: str,
+                        unit: str = "") -> str:
+    """Fraction of runs not yet at a threshold against cost (Kaplan-Meier steps), one style per arm.
+
+    With `unit` (FLOP, s) the cost axis is labelled in engineering units (1 T, 10 T).
+    """
     styles = arm_styles(list(curves))
     fig, ax = plt.subplots(figsize=FIGURE_SIZE)
     for index, (arm, (times, survival, n)) in enumerate(curves.items()):
@@ -172,6 +176,8 @@ def kaplan_meier_curves(curves: dict[str, tuple[list[float], list[float], int]],
                 linewidth=max(3.0 - 0.7 * index, 1.0), label=f"{arm} (n={n})")
         ax.plot(times, survival, linestyle="none", marker=style["marker"], color=style["color"], markersize=5)
     ax.set_ylim(-0.03, 1.03)
+    if unit:
+        ax.xaxis.set_major_formatter(EngFormatter(unit=unit, sep=" "))
     ax.set_xlabel(x_label)
     ax.set_ylabel("fraction of runs not yet there")
     _finish(ax, title)

@@ -84,14 +84,17 @@ class SuiteReport:
 
     @property
     def name(self) -> str:
+        """The suite's name."""
         return self.suite["suite"]["name"]
 
     @property
     def baseline(self) -> str:
+        """The arm every other arm is compared with."""
         return self.analysis.baseline
 
     @property
     def thresholds(self) -> list[float]:
+        """The suite's validation thresholds."""
         return self.suite["suite"]["thresholds"]
 
     @property
@@ -107,6 +110,7 @@ class SuiteReport:
 
     @property
     def planned_runs(self) -> int:
+        """Runs the suite asks for: arms x seeds x training-set sizes."""
         sizes = self.suite["suite"].get("train_sizes") or [None]
         return len(self.suite["variant"]) * len(self.suite["suite"]["seeds"]) * len(sizes)
 
@@ -137,7 +141,11 @@ def read_run(folder: Path, thresholds: list[float]) -> tuple[RunRecord, dict | N
         return RunRecord(folder.name, "unreadable", "event log is not UTF-8 text"), None
     except OSError as exc:
         return RunRecord(folder.name, "unreadable", f"event log unreadable: {exc.strerror}"), None
-    cut = f"event log cut mid-line at line {len(events) + 1} of {len(lines)}" if len(events) < len(lines) else ""
+    cut = ""
+    if len(events) == len(lines) - 1:
+        cut = f"event log cut mid-line at its last line ({len(lines)})"
+    elif len(events) < len(lines):
+        cut = f"event log damaged at line {len(events) + 1} of {len(lines)}, read up to there"
     if not any(isinstance(e, dict) and e.get("event") == "run_start" for e in events):
         return RunRecord(folder.name, "unreadable", cut or "no run_start event"), None
     try:
@@ -330,6 +338,8 @@ def _where(report: SuiteReport, size) -> str:
 
 @dataclass(frozen=True)
 class Column:
+    """A table column: the row key it shows and its heading."""
+
     key: str
     label: str
     terminal: bool = True  # shown in the terminal (the report files show every column)
@@ -337,6 +347,8 @@ class Column:
 
 @dataclass
 class Table:
+    """Rows of text under a title, rendered alike in the terminal, Markdown and HTML."""
+
     title: str
     columns: list[Column]
     rows: list[dict[str, str]]
@@ -349,6 +361,8 @@ class Table:
 
 @dataclass
 class Figure:
+    """An SVG figure with the words that describe it to a reader who cannot see it."""
+
     name: str  # file name stem
     svg: str
     alt: str  # what the figure shows, in words and numbers
@@ -356,11 +370,14 @@ class Figure:
 
     @property
     def data_uri(self) -> str:
+        """The SVG as a data: URI, so the HTML page opens offline."""
         return "data:image/svg+xml;base64," + base64.b64encode(self.svg.encode()).decode()
 
 
 @dataclass
 class Section:
+    """One part of the report: facts, paragraphs, tables and figures under a heading."""
+
     id: str
     title: str
     paragraphs: list[str] = field(default_factory=list)
@@ -434,8 +451,8 @@ def _p_phrase(c: stats.Comparison) -> str:
     return text
 
 
-def _floor_phrase(c: stats.Comparison, alpha: float) -> str:
-    return (f"with {c.n} against {c.baseline_n} runs no test of this design can reach p < {alpha:g} "
+def _floor_phrase(c: stats.Comparison, level: float) -> str:
+    return (f"with {c.n} against {c.baseline_n} runs no test of this design can reach p < {level:.3g} "
             f"(the smallest possible p is {fmt_p(c.test.p_floor)})")
 
 
@@ -463,17 +480,30 @@ def accuracy_verdict(report: SuiteReport, c: stats.Comparison) -> str:
     return text + "."
 
 
-def _reach_phrase(km: stats.KaplanMeier, unit: str) -> str:
-    median = ("its median was not reached" if km.median.is_open
-              else f"median {fmt_bound(km.median, _epochs)} {unit}")
+def cost_format(field_: str, values) -> tuple:
+    """How to print one cost in a sentence or table: a formatter and its unit, chosen for these values."""
+    if field_ == "train_flops":
+        unit = flops_unit(values)
+        return unit, unit.label
+    if field_ == "device_seconds":
+        unit = seconds_unit(values)
+        return unit, unit.label
+    if field_ == "samples":
+        return _count, "samples"
+    return _epochs, COST_LABELS.get(field_, field_)
+
+
+def _reach_phrase(km: stats.KaplanMeier, fmt, unit: str) -> str:
+    median = "its median was not reached" if km.median.is_open else f"median {fmt_bound(km.median, fmt)} {unit}"
     return f"in {km.n_reached} of {km.n} runs ({median})"
 
 
 def time_verdict(report: SuiteReport, c: stats.Comparison) -> str:
     """A time-to-threshold comparison as a person would say it, from the numbers."""
-    threshold, unit = c.endpoint.threshold, COST_LABELS.get(c.endpoint.field, c.endpoint.field)
+    threshold = c.endpoint.threshold
+    fmt, unit = cost_format(c.endpoint.field, [km.median.value for km in (c.km, c.baseline_km)])
     text = f"{c.variant} reached {threshold:g}{_where(report, c.train_size)} "
-    text += f"{_reach_phrase(c.km, unit)}, {c.baseline} {_reach_phrase(c.baseline_km, unit)}"
+    text += f"{_reach_phrase(c.km, fmt, unit)}, {c.baseline} {_reach_phrase(c.baseline_km, fmt, unit)}"
     if c.estimate.side == "unknown":
         text += f"; no ratio of medians ({c.estimate.note or 'not reached in either arm'})"
     else:
@@ -484,8 +514,11 @@ def time_verdict(report: SuiteReport, c: stats.Comparison) -> str:
         faster = (c.probability_of_improvement or 0) > 0.5
         return text + f": {c.variant} was {'faster' if faster else 'slower'} ({_p_phrase(c)})."
     text += f": no difference detected ({_p_phrase(c)})"
-    if c.test.p_floor > report.analysis.settings.alpha:
-        text += "; " + _floor_phrase(c, report.analysis.settings.alpha)
+    # Holm's first step tests at alpha / m: below that no confirmatory comparison can be detected
+    alpha = report.analysis.settings.alpha
+    level = alpha / max(len(report.analysis.confirmatory), 1) if c.confirmatory else alpha
+    if c.test.p_floor >= level:
+        text += "; " + _floor_phrase(c, level)
     return text + "."
 
 
@@ -531,21 +564,23 @@ def labels_sentences(report: SuiteReport) -> list[str]:
     """Labels saved at each arm's smallest training-set size, in one sentence per arm."""
     texts = []
     for variant in _variants(report):
-        entries = sorted((e for e in report.analysis.labels_saved if e.variant == variant
-                          and e.metric == "test_accuracy"), key=lambda e: e.train_size)
+        entries = sorted((e for e in report.analysis.labels_saved if e.variant == variant),
+                         key=lambda e: e.train_size)
         if not entries:
             continue
         e, baseline = entries[0], report.baseline
         needed = e.baseline_labels
         if needed.side == "at_least":
-            texts.append(f"With {e.train_size:,} labels, {variant} scored higher than {baseline} did with all "
+            texts.append(f"With {e.train_size:,} labels, {variant} scored higher on {ACCURACY_LABELS[e.metric]} than "
+                         f"{baseline} did with all "
                          f"{needed.value:,.0f}: {baseline} would need more labels than the suite gave it.")
         elif needed.side == "at_most":
-            texts.append(f"With {e.train_size:,} labels, {variant} saved no labels: {baseline} matched its accuracy "
+            texts.append(f"With {e.train_size:,} labels, {variant} saved no labels: {baseline} matched its "
+                         f"{ACCURACY_LABELS[e.metric]} "
                          f"with at most {needed.value:,.0f}.")
         elif needed.side == "exact":
-            texts.append(f"With {e.train_size:,} labels, {variant} matched {baseline}'s accuracy at "
-                         f"{needed.value:,.0f} labels (95% CI {_labels_interval(e.ci)}).")
+            texts.append(f"With {e.train_size:,} labels, {variant} matched {baseline}'s {ACCURACY_LABELS[e.metric]} at "
+                         f"{needed.value:,.0f} labels (95% CI {' to '.join(_labels_needed(b) for b in e.ci)}).")
     return texts
 
 
@@ -826,9 +861,9 @@ THRESHOLD_NOTE = ("Medians are Kaplan-Meier estimates: runs that never got there
                   "its own column in the runs table.")
 
 
-def _median_text(median: stats.Bound) -> str:
+def _median_text(median: stats.Bound, fmt=_epochs) -> str:
     """A KM median: "3.5", or "not reached (> 12)" where fewer than half the runs got there."""
-    return f"not reached ({fmt_bound(median, _epochs)})" if median.side == "at_least" else fmt_bound(median, _epochs)
+    return f"not reached ({fmt_bound(median, fmt)})" if median.side == "at_least" else fmt_bound(median, fmt)
 
 
 def cost_table(report: SuiteReport, metric: str, size) -> Table | None:
@@ -864,15 +899,16 @@ def cost_table(report: SuiteReport, metric: str, size) -> Table | None:
 
 def labels_saved_table(report: SuiteReport) -> Table | None:
     """Labels the baseline needs to match each arm at each size, with CIs."""
-    entries = [e for e in report.analysis.labels_saved if e.metric == "test_accuracy"]
+    entries = report.analysis.labels_saved
     if not entries:
         return None
     rows = [{"variant": e.variant, "size": f"{e.train_size:,}", "accuracy": f"{e.arm_accuracy:.3f}",
              "needed": _labels_needed(e.baseline_labels), "ci": _labels_interval(e.ci),
              "note": "" if e.baseline_monotone else f"{report.baseline}'s curve dips: first crossing used"}
             for e in entries]
-    return Table(f"labels saved: labelled galaxies {report.baseline} needs to match each arm", [
-        Column("variant", "arm"), Column("size", "arm's labels"), Column("accuracy", "arm's accuracy"),
+    metric = ACCURACY_LABELS[entries[0].metric]
+    return Table(f"labels saved: labelled galaxies {report.baseline} needs to match each arm's {metric}", [
+        Column("variant", "arm"), Column("size", "arm's labels"), Column("accuracy", f"arm's {metric}"),
         Column("needed", f"{report.baseline} needs"), Column("ci", "95% CI"), Column("note", "note", terminal=False)],
         rows, note="Interpolated linearly in log(labels) on the baseline's mean accuracy curve.")
 
@@ -1104,19 +1140,18 @@ def _km_figure(report: SuiteReport, threshold: float | None = None, field_: str 
         return None
     name = next((k for k, v in stats.COST_ENDPOINTS.items() if v == field_), field_)
     size = _largest_size(report)
-    curves, described = {}, []
-    for variant in _variants(report):
-        km = _arm_km(_arm(report, variant, size), name, threshold)
-        if km is not None:
-            curves[variant] = (list(km.times), list(km.survival), km.n)
-            described.append(f"{variant} reached it in {km.n_reached} of {km.n} runs, median "
-                             f"{fmt_bound(km.median, _epochs)}")
-    if not curves:
+    found = {v: km for v in _variants(report) if (km := _arm_km(_arm(report, v, size), name, threshold))}
+    if not found:
         return None
+    fmt, unit = cost_format(field_, [km.median.value for km in found.values()])
+    curves = {v: (list(km.times), list(km.survival), km.n) for v, km in found.items()}
+    described = [f"{v} reached it in {km.n_reached} of {km.n} runs, median {_median_text(km.median, fmt)} {unit}"
+                 for v, km in found.items()]
     label = COST_LABELS.get(field_, field_)
     where = _where(report, size)
     return Figure("kaplan_meier", plots.kaplan_meier_curves(
-        curves, label, f"Kaplan-Meier: time to {threshold:g} {report.threshold_metric}{where}"),
+        curves, label, f"Kaplan-Meier: time to {threshold:g} {report.threshold_metric}{where}",
+        unit={"train_flops": "FLOP", "device_seconds": "s"}.get(field_, "")),
         f"Kaplan-Meier curves of the fraction of runs not yet at {threshold:g} {report.threshold_metric}{where} "
         f"against {label}: " + "; ".join(described) + ".",
         f"Kaplan-Meier curves for {threshold:g} {report.threshold_metric}{where}.")
