@@ -126,10 +126,11 @@ def _cmd_report(args) -> None:
 def _cmd_compare(args) -> None:
     from galbench.analysis.report import compare_tables, load_report
 
-    warnings_, table = compare_tables(load_report(args.run_dir_a), load_report(args.run_dir_b))
+    warnings_, tables = compare_tables(load_report(args.run_dir_a), load_report(args.run_dir_b))
     for warning in warnings_:
-        err.print(f"[yellow]warning:[/] {warning}")
-    out.print(table)
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    for table in tables:
+        out.print(table)
 
 
 def _cmd_models(args) -> None:

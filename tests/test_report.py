@@ -180,6 +180,9 @@ def test_compare_warns_when_environments_differ(cli, finished_suite, tmp_path):
     code, out, err = cli("compare", finished_suite, other)
     assert code == 0 and "environments differ in device_name" in err and "NVIDIA H200 (B)" in err
     assert "scratch" in out and "'" not in err
+    report = load_report(finished_suite)
+    km = report.analysis.arms[0].km["epochs_to:0.4"]
+    assert re.search(rf"scratch\s+0\.4\s+{km.n_reached}/{km.n}\s+{km.n_reached}/{km.n}\s", out)
 
 
 def test_old_run_directory_still_reports(cli, tmp_path):

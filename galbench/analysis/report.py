@@ -1405,26 +1405,31 @@ def write_report(run_dir: str | Path) -> tuple[SuiteReport, list[Path]]:
 ENVIRONMENT_KEYS = ("device_name", "device", "torch", "cuda", "precision", "galbench")
 
 
-def compare_tables(a: SuiteReport, b: SuiteReport) -> tuple[list[str], RichTable]:
-    """Two suites side by side per arm: test accuracy and KM median epochs per shared threshold."""
+def compare_tables(a: SuiteReport, b: SuiteReport) -> tuple[list[str], list[RichTable]]:
+    """Two suites side by side per arm: test accuracy, then KM median epochs to each shared threshold."""
     warnings_ = [f"environments differ in {key}: {a.environment.get(key)} (A) vs {b.environment.get(key)} (B)"
                  for key in ENVIRONMENT_KEYS if a.environment.get(key) != b.environment.get(key)]
-    shared = [t for t in a.thresholds if t in b.thresholds]
-    table = Table(f"A = {a.path}\nB = {b.path}", [
+    accuracy = Table(f"A = {a.path}\nB = {b.path}", [
         Column("variant", "arm"), Column("n", "runs A/B"), Column("a", "test acc. A"), Column("b", "test acc. B"),
-        Column("diff", "B - A"), *[Column(f"t{i}", f"epochs to {t:g}, A / B") for i, t in enumerate(shared)]], [])
+        Column("diff", "B - A")], [])
+    time = Table(f"time to {a.threshold_metric} thresholds, A and B", [
+        Column("variant", "arm"), Column("threshold", "threshold"), Column("reached_a", "reached A"),
+        Column("reached_b", "reached B"), Column("a", "median epochs A"), Column("b", "median epochs B")], [])
     for variant in _variants(a):
         arm_a, arm_b = _arm(a, variant, _largest_size(a)), _arm(b, variant, _largest_size(b))
         if arm_a is None or arm_b is None:
             continue
         acc_a, acc_b = arm_a.accuracy.get("test_accuracy"), arm_b.accuracy.get("test_accuracy")
-        row = {"variant": variant, "n": f"{arm_a.n}/{arm_b.n}", "a": _acc(acc_a.mean) if acc_a else "",
-               "b": _acc(acc_b.mean) if acc_b else "", "diff": _diff(acc_b.mean - acc_a.mean) if acc_a and acc_b else ""}
-        for i, t in enumerate(shared):
+        accuracy.rows.append({"variant": variant, "n": f"{arm_a.n}/{arm_b.n}", "a": _acc(acc_a.mean) if acc_a else "",
+                              "b": _acc(acc_b.mean) if acc_b else "",
+                              "diff": _diff(acc_b.mean - acc_a.mean) if acc_a and acc_b else ""})
+        for t in (t for t in a.thresholds if t in b.thresholds):
             km_a, km_b = _arm_km(arm_a, "epochs", t), _arm_km(arm_b, "epochs", t)
-            row[f"t{i}"] = " / ".join(fmt_bound(km.median, _epochs) if km else "?" for km in (km_a, km_b))
-        table.rows.append(row)
-    return warnings_, _rich_table(table)
+            if km_a and km_b:
+                time.rows.append({"variant": variant, "threshold": f"{t:g}",
+                                  "reached_a": f"{km_a.n_reached}/{km_a.n}", "reached_b": f"{km_b.n_reached}/{km_b.n}",
+                                  "a": _median_text(km_a.median), "b": _median_text(km_b.median)})
+    return warnings_, [_rich_table(accuracy), _rich_table(time)]
 
 
 def run_summary_table(results: list[dict], thresholds: list[float], title: str = "suite summary") -> RichTable:
