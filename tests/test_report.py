@@ -168,7 +168,7 @@ def test_terminal_report_fits_100_columns_without_cutting_numbers(finished_suite
         test = arm["accuracy"]["test_accuracy"]
         cell = f"{test['mean']:.3f} [{test['ci'][0]:.3f}, {test['ci'][1]:.3f}]"
         assert any(cell in line for line in lines), cell
-    assert re.search(r"median GFLOPs", result.stdout)  # a human unit chosen for the table
+    assert "GFLOPs" in result.stdout  # a human unit chosen for the cost table
 
 
 def test_compare_warns_when_environments_differ(cli, finished_suite, tmp_path):

@@ -208,7 +208,7 @@ def test_break_even_is_said_in_words_with_the_full_pretraining():
     assert sentences[1].startswith("costly never pays back its pretraining (12 TFLOPs, counted in full)")
     table = R.cost_table(report, "train_flops", None)
     fractal = next(r for r in table.rows if r["variant"] == "fractal")
-    assert (fractal["pretraining"], fractal["one_model"], fractal["break_even"]) == ("12", "18", "after 3 fine-tunes")
+    assert (fractal["pretraining"], fractal["one_model"], fractal["break_even"]) == ("12", "18", "3 fine-tunes")
     assert "full training" in table.title and "TFLOPs" in table.title
     offsets = next(f for f in R.figures(report) if f.name == "accuracy_vs_train_flops")
     assert "fractal starts after its pretraining (12.00 TFLOP)" in offsets.alt
@@ -358,3 +358,27 @@ def test_markdown_and_html_carry_the_same_rows(size):
             for value in row.values():
                 if value:
                     assert value.replace("|", "\\|") in markdown and value in html.replace("&#39;", "'"), value
+
+
+def test_terminal_tables_fit_100_columns_with_long_arm_names_and_pretraining():
+    from rich.console import Console
+
+    pretrain = {"train_flops": 2.5e14, "device_seconds": 300.0}
+    rows = [make_row("scratch", s, 0.6 + 0.02 * s, epochs=12) for s in range(5)]
+    for name, accuracy in (("fractal-pretrained", 0.66), ("simulation-pretrained", 0.5)):
+        rows += [make_row(name, s, accuracy + 0.02 * s, epochs=12, flops_per_epoch=8e11, pretrain_cost=pretrain,
+                          pretrain_id=name) for s in range(5)]
+    suite = make_suite(variants=("scratch", "fractal-pretrained", "simulation-pretrained"),
+                       analysis={"equivalence": 0.02})
+    report = build(rows, suite)
+    console = Console(width=100, record=True)
+    for part in R.terminal_report(report):
+        console.print(part, soft_wrap=False)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 100 and "…" not in text
+    table_lines = [line for line in text.splitlines() if line.startswith(" simulation")]
+    assert len(table_lines) >= 5 and all(line.startswith(" simulation-pretrained ") for line in table_lines)
+    for row in R.accuracy_table(report, None).rows:  # intervals printed whole
+        assert row["test"] in text and (not row.get("difference") or row["difference"] in text)
+    cost = R.cost_table(report, "train_flops", None)
+    assert "pays back after" in text and all(row.get("break_even", "") in text for row in cost.rows)

@@ -267,7 +267,7 @@ def fmt_interval(ci: tuple[stats.Bound, stats.Bound] | None, fmt) -> str:
     """A 95% interval of Bounds: "[0.28, > 2.4]"; empty where both ends are unknown."""
     if ci is None or all(b.side == "unknown" for b in ci):
         return ""
-    return "[" + ", ".join("open" if b.side == "unknown" else fmt_bound(b, fmt) for b in ci) + "]"
+    return "[" + ", ".join("unbounded" if b.side == "unknown" else fmt_bound(b, fmt) for b in ci) + "]"
 
 
 def _acc(value: float) -> str:
@@ -759,6 +759,7 @@ def accuracy_table(report: SuiteReport, size) -> Table:
         balanced = _find(report, variant, size, "test_balanced_accuracy")
         row = {"variant": variant, "n": str(arm.n), "test": _interval_text(test),
                "balanced": _interval_text(arm.accuracy.get("test_balanced_accuracy")),
+               "balanced_mean": _mean_text(arm.accuracy.get("test_balanced_accuracy")),
                "val": _interval_text(arm.accuracy.get("best_val_accuracy")),
                "ci_method": test.ci_method if test else ""}
         if c is None:
@@ -779,13 +780,18 @@ def accuracy_table(report: SuiteReport, size) -> Table:
     methods = sorted({row["ci_method"] for row in rows if row.get("ci_method")})
     return Table(f"test accuracy{where} (best-validation checkpoint; baseline {report.baseline})", [
         Column("variant", "arm"), Column("n", "runs"), Column("test", "accuracy [95% CI]"),
-        Column("balanced", "balanced acc. [95% CI]"), Column("val", "best val. acc. [95% CI]", terminal=False),
+        Column("balanced", "balanced acc. [95% CI]", terminal=False), Column("balanced_mean", "balanced"),
+        Column("val", "best val. acc. [95% CI]", terminal=False),
         Column("difference", "vs baseline [95% CI]"), Column("p", "p"),
         Column("test_name", "test", terminal=False),
         Column("balanced_difference", "balanced acc. vs baseline", terminal=False),
         Column("se", "SE: seeds / test galaxies", terminal=False), Column("mde", "detectable (80%)", terminal=False), Column("tost", "equivalent (TOST)", terminal=False),
         Column("welch", "Welch p (info)", terminal=False), Column("hedges", "Hedges g", terminal=False)],
         rows, note="Intervals: " + "; ".join(methods) if methods else "")
+
+
+def _mean_text(summary: stats.AccuracySummary | None) -> str:
+    return "" if summary is None else f"{summary.mean:.3f}"
 
 
 def _se_text(ci: stats.DifferenceCI | None) -> str:
@@ -840,7 +846,9 @@ def threshold_table(report: SuiteReport, threshold: float, size) -> Table:
         if c is None:
             row["ratio"] = "baseline" if variant == report.baseline else ""
         else:
-            row.update({"ratio": fmt_bound(c.estimate, _ratio) if c.estimate.side == "unknown" else
+            neither = c.km.n_reached == 0 and c.baseline_km.n_reached == 0
+            row.update({"ratio": ("neither reached" if neither else c.estimate.note or "unknown")
+                        if c.estimate.side == "unknown" else
                         f"{fmt_bound(c.estimate, _ratio)} {fmt_interval(c.ci, _ratio)}".strip(),
                         "p": fmt_p(c.test.p_value) if c.test else "not tested",
                         "p_faster": "" if c.probability_of_improvement is None
@@ -850,8 +858,8 @@ def threshold_table(report: SuiteReport, threshold: float, size) -> Table:
     return Table(f"time to {threshold:g} {report.threshold_metric}{where} (baseline {report.baseline})", [
         Column("variant", "arm"), Column("reached", "reached"), Column("median", "median epochs"),
         Column("ratio", "ratio [95% CI]"), Column("p", "log-rank p"), Column("p_faster", "P(faster)", terminal=False),
-        Column("flops", f"median {flop_unit.label}"), Column("seconds", f"median {second_unit.label}",
-                                                             terminal=False)], rows)
+        Column("flops", f"median {flop_unit.label}", terminal=False),
+        Column("seconds", f"median {second_unit.label}", terminal=False)], rows)
 
 
 THRESHOLD_NOTE = ("Medians are Kaplan-Meier estimates: runs that never got there count as censored at their totals, "
@@ -882,7 +890,7 @@ def cost_table(report: SuiteReport, metric: str, size) -> Table | None:
             row["one_model"] = fmt_bound(stats.Bound(c.estimate.value + c.pretraining, c.estimate.side), unit)
         if c.break_even is not None:
             row["break_even"] = ("never" if c.break_even.never else
-                                 f"after {c.break_even.fine_tunes} fine-tune{'s' if c.break_even.fine_tunes != 1 else ''}")
+                                 f"{c.break_even.fine_tunes} fine-tune{'s' if c.break_even.fine_tunes != 1 else ''}")
         elif c.variant == report.baseline:
             row["break_even"] = "baseline"
         if any(r.get("init", "").startswith("imagenet") for r in report.runs if r["variant"] == c.variant):
@@ -893,8 +901,11 @@ def cost_table(report: SuiteReport, metric: str, size) -> Table | None:
     scope = items[0].scope if items[0].scope == "full training" else f"{items[0].scope} {report.threshold_metric}"
     return Table(f"cost in {name}, {scope} ({unit.label}{where})", [
         Column("variant", "arm"), Column("scope", "scope", terminal=False),
-        Column("fine_tune", "fine-tuning [95% CI]"), Column("pretraining", "pretraining (full)"),
-        Column("one_model", "one model (sum)"), Column("break_even", "pays back")], rows)
+        Column("fine_tune", "fine-tuning [95% CI]"), Column("pretraining", "pretraining"),
+        Column("one_model", "one model"), Column("break_even", "pays back after")], rows,
+        note="Fine-tuning: one run's cost with its 95% interval over runs; pretraining: counted in full, once; "
+             "one model: the two together; pays back after: the number of fine-tunes from which pretraining once "
+             "and that many fine-tunes cost no more than as many trainings of the baseline.")
 
 
 def labels_saved_table(report: SuiteReport) -> Table | None:
