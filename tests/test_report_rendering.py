@@ -382,3 +382,32 @@ def test_terminal_tables_fit_100_columns_with_long_arm_names_and_pretraining():
         assert row["test"] in text and (not row.get("difference") or row["difference"] in text)
     cost = R.cost_table(report, "train_flops", None)
     assert "pays back after" in text and all(row.get("break_even", "") in text for row in cost.rows)
+
+
+def test_the_winner_is_the_exported_run_and_ties_follow_exports_json():
+    rows = [make_row("scratch", s, 0.7) for s in range(3)] + [make_row("fractal", s, 0.7) for s in range(3)]
+    assert len({r["best_val_accuracy"] for r in rows}) == 1  # every run ties on validation
+    first = build(rows)
+    assert (R.winner(first)["variant"], R.winner(first)["seed"]) == ("scratch", 0)  # no exports.json: first in order
+    exports = {"winner": {"variant": "fractal", "seed": 2}, "fractal": {"variant": "fractal", "seed": 2},
+               "scratch": {"variant": "scratch", "seed": 1}}
+    report = build(rows, exports=exports)
+    assert (R.winner(report)["variant"], R.winner(report)["seed"]) == ("fractal", 2)
+    assert [row["run"] for row in R.recall_table(report).rows] == ["seed 1", "seed 2"]
+    confusion = next(f for f in R.figures(report) if f.name == "confusion_winner")
+    assert "fractal seed 2" in confusion.alt
+
+
+def test_per_seed_splits_and_the_whole_training_split_as_a_size():
+    rows = [make_row(v, s, 0.6 + 0.1 * (n == 1400), size=n, train_size_label="all" if n == 1400 else str(n))
+            for v in ("scratch", "fractal") for n in (200, 1400) for s in range(3)]
+    seeds = {str(s): {"seed": s, "train": list(range(1400)), "val": list(range(300)), "test": list(range(300))}
+             for s in range(3)}
+    suite = make_suite(sizes=[200, "all"])
+    suite["data"]["split"]["per_seed"] = True
+    report = R.build_report(Path("/nonexistent"), suite, rows, split={"classes": CLASSES, "per_seed": True,
+                                                                      "seeds": seeds})
+    facts = dict(R.dataset_facts(report))
+    assert facts["split"].startswith("train 1,400 / validation 300 / test 300") and "each seed its own" in facts["split"]
+    assert facts["labelled training sizes"].startswith("200 labels, all 1,400 labels")
+    assert "all 1,400 labels" in R.accuracy_table(report, 1400).title

@@ -177,14 +177,19 @@ def load_report(run_dir: str | Path) -> SuiteReport:
 
 
 def _add_runner_fields(runs: list[dict], stored: list[dict]) -> None:
-    """Fields the runner adds to results.json but not to the event log (the pretraining's cost, for one).
+    """Fields the runner adds to results.json but not to the event log (the pretraining's cost in 0.2.0).
 
-    Everything the event log says wins; results.json only fills in what the log cannot know.
+    Everything the event log says wins; results.json only fills in what the log leaves empty. Rows written
+    without a training-set size match on arm and seed alone.
     """
-    by_run = {(r.get("variant"), r.get("seed"), r.get("train_size")): r for r in stored if isinstance(r, dict)}
+    by_run = {}
+    for r in stored:
+        if isinstance(r, dict):
+            by_run[(r.get("variant"), r.get("seed")) + ((r["train_size"],) if "train_size" in r else ())] = r
     for row in runs:
-        extra = by_run.get((row["variant"], row["seed"], row.get("train_size")), {})
-        row.update({key: value for key, value in extra.items() if key not in row})
+        extra = by_run.get((row["variant"], row["seed"], row.get("train_size"))) or \
+            by_run.get((row["variant"], row["seed"]), {})
+        row.update({key: value for key, value in extra.items() if row.get(key) is None})
 
 
 def build_report(path: Path, suite: dict, runs: list[dict], records: list[RunRecord] | None = None,
@@ -324,14 +329,17 @@ def _typical(values) -> float:
     return float(np.median(finite)) if finite else 1.0
 
 
-def size_label(size: int | None) -> str:
-    """A training-set size in words: "all labels" or "1,000 labels"."""
-    return "all labels" if size is None else f"{size:,} labels"
+def size_label(report: SuiteReport, size: int | None) -> str:
+    """A training-set size in words: "1,000 labels", "all 2,727 labels"."""
+    if size is None:
+        return "all labels"
+    labels = {r.get("train_size_label") for r in report.runs if r.get("train_size") == size}
+    return f"all {size:,} labels" if "all" in labels else f"{size:,} labels"
 
 
 def _where(report: SuiteReport, size) -> str:
     """ " at 1,000 labels" where the suite has several training-set sizes, else nothing."""
-    return f" at {size_label(size)}" if report.multi_size else ""
+    return f" at {size_label(report, size)}" if report.multi_size else ""
 
 
 # --- tables and sections: the rows every renderer shares -------------------------------------------------
@@ -618,7 +626,9 @@ def dataset_facts(report: SuiteReport) -> list[tuple[str, str]]:
     """Size, classes, chance level and split of the dataset, as label-value pairs."""
     data = report.suite.get("data", {})
     split_cfg = data.get("split", {})
-    sizes = {k: len(report.split[k]) for k in ("train", "val", "test") if isinstance(report.split.get(k), list)}
+    # per-seed splits (split.json "seeds") have the same sizes at every seed: the first one's are shown
+    split = next(iter(report.split["seeds"].values())) if report.split.get("seeds") else report.split
+    sizes = {k: len(split[k]) for k in ("train", "val", "test") if isinstance(split.get(k), list)}
     if data.get("synth"):
         synth = data["synth"]
         source = f"simulated galaxies (galbench data synth, seed {synth.get('seed')})"
@@ -638,10 +648,9 @@ def dataset_facts(report: SuiteReport) -> list[tuple[str, str]]:
         per_seed = " (each seed its own split)" if split_cfg.get("per_seed") else ""
         facts.append(("split", f"train {sizes.get('train', 0):,} / validation {sizes.get('val', 0):,} / test "
                                f"{sizes.get('test', 0):,}, stratified, split seed {split_cfg.get('seed', 0)}{per_seed}"))
-    labelled = [s for s in _sizes(report) if s is not None]
-    if labelled:
-        facts.append(("labelled training sizes", ", ".join(f"{s:,}" for s in labelled)
-                      + (" and all" if None in _sizes(report) else "") + " (nested subsets of the training split)"))
+    if report.multi_size:
+        facts.append(("labelled training sizes", ", ".join(size_label(report, s) for s in _sizes(report))
+                      + " (nested subsets of the training split)"))
     crop = data.get("crop", 1.0)
     facts.append(("image size", f"{data.get('image_size', '?')} px" + (f", from the central {crop:g} of each cutout's side"
                                                                         if crop != 1.0 else "")))
@@ -706,14 +715,26 @@ def variance_sources(report: SuiteReport) -> str:
     return "; ".join(covered)
 
 
+def exported_run(report: SuiteReport, name: str) -> dict | None:
+    """The run exported as `name` (an arm, or "winner"), as exports.json names it; without that file, the same
+    choice made here: the highest best validation accuracy, ties to the first run in suite order."""
+    entry = report.exports.get(name)
+    if isinstance(entry, dict):
+        for row in report.runs:
+            if (row["variant"], row["seed"]) == (entry.get("variant"), entry.get("seed")) and \
+                    entry.get("train_size_label") in (None, row.get("train_size_label")):
+                return row
+    candidates = [r for r in report.runs if r.get("best_val_accuracy") is not None and name in ("winner", r["variant"])]
+    return max(candidates, key=lambda r: r["best_val_accuracy"]) if candidates else None
+
+
 def winner(report: SuiteReport) -> dict | None:
-    """The run chosen on validation (best_val_accuracy), as the exported winner is; ties go to the first."""
-    finished = [r for r in report.runs if r.get("best_val_accuracy") is not None]
-    return max(finished, key=lambda r: r["best_val_accuracy"]) if finished else None
+    """The overall winner, chosen on validation accuracy as the export is; its test accuracy is what is quoted."""
+    return exported_run(report, "winner")
 
 
 def _run_name(report: SuiteReport, row: dict) -> str:
-    size = f", {size_label(row.get('train_size'))}" if report.multi_size else ""
+    size = f", {size_label(report, row.get('train_size'))}" if report.multi_size else ""
     return f"{row['variant']} seed {row['seed']}{size}"
 
 
@@ -807,12 +828,11 @@ def recall_table(report: SuiteReport) -> Table | None:
         return None
     rows = []
     for variant in _variants(report):
-        candidates = [r for r in report.runs if r["variant"] == variant and r.get("recall")
-                      and r.get("train_size") == _largest_size(report)]
-        if not candidates:
+        best = exported_run(report, variant)
+        if best is None or not best.get("recall"):
             continue
-        best = max(candidates, key=lambda r: r["best_val_accuracy"])
-        row = {"variant": variant, "run": f"seed {best['seed']}", "accuracy": f"{best['test_accuracy']:.3f}"}
+        row = {"variant": variant, "run": _run_name(report, best).removeprefix(f"{variant} "),
+               "accuracy": f"{best['test_accuracy']:.3f}"}
         if best.get("test_balanced_accuracy") is not None:
             row["balanced"] = f"{best['test_balanced_accuracy']:.3f}"
         row.update({f"class{i}": f"{value:.2f}" for i, value in enumerate(best["recall"])})
@@ -854,7 +874,7 @@ def threshold_table(report: SuiteReport, threshold: float, size) -> Table:
                         "p_faster": "" if c.probability_of_improvement is None
                         else f"{c.probability_of_improvement:.2f}"})
         rows.append(row)
-    where = f", {size_label(size)}" if report.multi_size else ""
+    where = f", {size_label(report, size)}" if report.multi_size else ""
     return Table(f"time to {threshold:g} {report.threshold_metric}{where} (baseline {report.baseline})", [
         Column("variant", "arm"), Column("reached", "reached"), Column("median", "median epochs"),
         Column("ratio", "ratio [95% CI]"), Column("p", "log-rank p"), Column("p_faster", "P(faster)", terminal=False),
@@ -897,7 +917,7 @@ def cost_table(report: SuiteReport, metric: str, size) -> Table | None:
             row["pretraining"] = "outside galbench's view"
         rows.append(row)
     name = "FLOPs" if metric == "train_flops" else "device time"
-    where = f", {size_label(size)}" if report.multi_size else ""
+    where = f", {size_label(report, size)}" if report.multi_size else ""
     scope = items[0].scope if items[0].scope == "full training" else f"{items[0].scope} {report.threshold_metric}"
     return Table(f"cost in {name}, {scope} ({unit.label}{where})", [
         Column("variant", "arm"), Column("scope", "scope", terminal=False),
