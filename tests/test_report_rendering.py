@@ -256,6 +256,16 @@ def test_sources_of_variance_covered_and_not_covered():
     assert "splits: covered" in covered and "pretraining of fractal: covered, 3 independent pretrainings" in covered
 
 
+def test_design_states_each_arms_budget_and_what_varies_without_reprs():
+    suite = make_suite()
+    suite["train"] = {"epochs": None, "steps": None, "lr": 0.001}
+    suite["variant"][1]["train"] = {"steps": 500}
+    facts = dict(R.design_facts(build([make_row(v, s, 0.6) for v in ("scratch", "fractal") for s in range(3)], suite)))
+    assert facts["training budget"] == "10 epochs; 500 optimizer steps (by arm)"  # scratch: as its runs trained
+    assert facts["what varies between arms"] == "init (scratch / fractal), train.steps (default / 500)"
+    assert "None" not in " ".join(facts.values())
+
+
 def test_shared_gpu_runs_and_threshold_metric_are_named():
     rows = [make_row("scratch", s, 0.7, shared_gpu=s == 1) for s in range(3)]
     rows += [make_row("fractal", s, 0.7) for s in range(3)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -210,13 +210,21 @@ def build_report(path: Path, suite: dict, runs: list[dict], records: list[RunRec
         raise GalbenchError(f"the baseline arm {baseline} has no finished run", where=str(path),
                             fix="finish its runs (run the suite again) before comparing against it")
     try:
-        analysis = stats.analyse(runs, suite["suite"]["thresholds"], baseline, suite.get("analysis") or None)
+        analysis = stats.analyse(runs, suite["suite"]["thresholds"], baseline, _statistics_settings(suite))
     except ValueError as exc:
         raise GalbenchError(f"cannot analyse: {exc}", where=str(Path(path) / "suite.resolved.json"),
                             fix="correct the suite's [analysis] table and run the suite again") from None
     split = split or {}
     return SuiteReport(Path(path), suite, environment or {}, records, runs, split.get("classes", []), split,
                        exports or {}, analysis)
+
+
+def _statistics_settings(suite: dict) -> dict | None:
+    """The suite's [analysis] keys that the statistics take (others, like allow_unequal_budgets, are the
+    suite's own checks, already applied when the suite was validated)."""
+    known = {f.name for f in fields(stats.Settings)}
+    section = {k: v for k, v in (suite.get("analysis") or {}).items() if k in known}
+    return section or None
 
 
 def _status_counts(records: list[RunRecord]) -> dict[str, int]:
@@ -662,27 +670,27 @@ def _variant_train(report: SuiteReport, variant: dict) -> dict:
 
 
 def design_facts(report: SuiteReport) -> list[tuple[str, str]]:
-    """Models, epochs, seeds, what varies between arms and which sources of variance were covered."""
+    """Models, budget, seeds, what varies between arms and which sources of variance were covered."""
     variants = report.suite["variant"]
     trains = {v["name"]: _variant_train(report, v) for v in variants}
     models = sorted({v["model"] for v in variants})
-    epochs = sorted({t.get("epochs") for t in trains.values()}, key=str)
+    budgets = list(dict.fromkeys(_budget_text(report, name, train) for name, train in trains.items()))
     seeds = report.suite["suite"]["seeds"]
     facts = [("arms", "; ".join(f"{v['name']} (init {v['init']}" + (f", fine-tune {v['finetune']}"
                                 if v.get("finetune", "all") != "all" else "") + ")" for v in variants)
               + f"; baseline {report.baseline}"),
              ("model", ", ".join(models)),
-             ("epochs", ", ".join(f"{e}" for e in epochs) + (" (every arm)" if len(epochs) == 1 else " (by arm)")),
+             ("training budget", "; ".join(budgets) + (" (every arm)" if len(budgets) == 1 else " (by arm)")),
              ("seeds", f"{len(seeds)} per arm ({', '.join(str(s) for s in seeds)})")]
     varies = []
     for key in ("model", "init", "finetune"):
         values = [v.get(key) for v in variants]
         if len(set(map(str, values))) > 1:
-            varies.append(f"{key} ({' / '.join(map(str, values))})")
+            varies.append(f"{key} ({_listing(values)})")
     for key in sorted({k for t in trains.values() for k in t}):
         values = [trains[v["name"]].get(key) for v in variants]
         if len(set(map(str, values))) > 1:
-            varies.append(f"train.{key} ({' / '.join(map(str, values))})")
+            varies.append(f"train.{key} ({_listing(values)})")
     facts.append(("what varies between arms", ", ".join(varies) or "nothing but the arm's name"))
     facts.append(("thresholds", ", ".join(f"{t:g}" for t in report.thresholds) + f" ({report.threshold_metric})"))
     facts.append(("sources of variance", variance_sources(report)))
@@ -690,6 +698,22 @@ def design_facts(report: SuiteReport) -> list[tuple[str, str]]:
     if missing:
         facts.append(("not recorded", f"{missing} (an older galbench wrote this run directory, or it does not apply)"))
     return facts
+
+
+def _listing(values) -> str:
+    """Settings of each arm in order, "default" where an arm leaves one to the suite."""
+    return " / ".join("default" if v is None else str(v) for v in values)
+
+
+def _budget_text(report: SuiteReport, variant: str, train: dict) -> str:
+    """An arm's training budget as the suite gave it (steps or epochs), else as its runs trained it."""
+    if train.get("steps"):
+        return f"{train['steps']:,} optimizer steps"
+    if train.get("epochs"):
+        return f"{train['epochs']} epochs"
+    trained = sorted({r["totals"]["epochs"] for r in report.runs if r["variant"] == variant
+                      and r["totals"].get("epochs") is not None})
+    return " to ".join(f"{e:g}" for e in dict.fromkeys([trained[0], trained[-1]])) + " epochs" if trained else "unknown"
 
 
 def variance_sources(report: SuiteReport) -> str:
@@ -866,9 +890,7 @@ def threshold_table(report: SuiteReport, threshold: float, size) -> Table:
         if c is None:
             row["ratio"] = "baseline" if variant == report.baseline else ""
         else:
-            neither = c.km.n_reached == 0 and c.baseline_km.n_reached == 0
-            row.update({"ratio": ("neither reached" if neither else c.estimate.note or "unknown")
-                        if c.estimate.side == "unknown" else
+            row.update({"ratio": "neither median reached" if c.estimate.side == "unknown" else
                         f"{fmt_bound(c.estimate, _ratio)} {fmt_interval(c.ci, _ratio)}".strip(),
                         "p": fmt_p(c.test.p_value) if c.test else "not tested",
                         "p_faster": "" if c.probability_of_improvement is None
