@@ -216,9 +216,11 @@ def test_break_even_is_said_in_words_with_the_full_pretraining():
 
 
 def test_calibration_from_exports_json_gets_a_table_and_reliability_diagrams():
-    bins = {"confidence": [0.4, 0.6, 0.8, 0.95], "accuracy": [0.35, 0.5, 0.7, 0.8], "count": [10, 20, 30, 40]}
-    calibration = {"temperature": 1.7, "ece_before": 0.091, "ece_after": 0.023, "bins": 15,
-                   "reliability_before": bins, "reliability_after": {**bins, "accuracy": [0.4, 0.6, 0.8, 0.93]}}
+    # as galbench.inference.calibrate writes it: empty bins have no confidence or accuracy
+    bins = {"confidence": [None, 0.4, 0.6, 0.8, 0.95], "accuracy": [None, 0.35, 0.5, 0.7, 0.8],
+            "count": [0, 10, 20, 30, 40]}
+    calibration = {"temperature": 1.7, "ece_before": 0.091, "ece_after": 0.023, "bins": 5,
+                   "reliability_before": bins, "reliability_after": {**bins, "accuracy": [None, 0.4, 0.6, 0.8, 0.93]}}
     exports = {"scratch": {"variant": "scratch", "seed": 1, "meta": {"calibration": json.dumps(calibration)}},
                "fractal": {"variant": "fractal", "seed": 0, "meta": {"calibration": json.dumps(calibration)}},
                "winner": {"variant": "fractal", "seed": 0, "meta": {"calibration": json.dumps(calibration)}}}
