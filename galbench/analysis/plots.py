@@ -80,10 +80,16 @@ def arm_styles(arms: list[str]) -> dict[str, dict]:
                   "linestyle": LINE_STYLES[i % len(LINE_STYLES)]} for i, arm in enumerate(arms)}
 
 
-def _log_x(ax, unit: str) -> None:
-    """A log x axis labelled at powers of ten in engineering units (1 G, 10 G, 100 G, 1 T), minor ticks bare."""
+def _log_x(ax, unit: str, ticks: list[float] | None = None) -> None:
+    """A log x axis labelled in plain numbers or engineering units (1 G, 2 G, 5 G, 10 G), minor ticks bare.
+
+    `ticks` (the sizes a suite ran, say) replace the 1-2-5 sequence, which can leave a short axis bare.
+    """
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10))
+    if ticks:
+        ax.set_xticks(ticks)
+    else:
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     if unit == "count":
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
     else:
@@ -219,7 +225,7 @@ def label_efficiency(series: dict[str, tuple[list[int], list[float], list[float]
         ax.fill_between(sizes, lows, highs, color=style["color"], alpha=0.15, linewidth=0)
     if chance is not None:
         ax.axhline(chance, color="0.35", linestyle=":", linewidth=1, label=f"chance {chance:.2f}")
-    _log_x(ax, "count")
+    _log_x(ax, "count", sorted({size for sizes, *_ in series.values() for size in sizes}))
     ax.set_xlabel("labelled training galaxies")
     ax.set_ylabel(y_label)
     _finish(ax, "mean over runs; band: 95% interval (seeds and test galaxies)")

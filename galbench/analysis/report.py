@@ -358,7 +358,8 @@ class Column:
 
     key: str
     label: str
-    terminal: bool = True  # shown in the terminal (the report files show every column)
+    terminal: bool = True  # shown in the terminal
+    files: bool = True  # shown in report.md and report.html
 
 
 @dataclass
@@ -371,8 +372,8 @@ class Table:
     note: str = ""
 
     def shown(self, terminal: bool = False) -> list[Column]:
-        """The columns to show: those with content (and, for the terminal, those marked for it)."""
-        return [c for c in self.columns if (c.terminal or not terminal) and any(row.get(c.key) for row in self.rows)]
+        """The columns with content that the terminal (or the report files) shows."""
+        return [c for c in self.columns if (c.terminal if terminal else c.files) and any(row.get(c.key) for row in self.rows)]
 
 
 @dataclass
@@ -825,7 +826,7 @@ def accuracy_table(report: SuiteReport, size) -> Table:
     methods = sorted({row["ci_method"] for row in rows if row.get("ci_method")})
     return Table(f"test accuracy{where} (best-validation checkpoint; baseline {report.baseline})", [
         Column("variant", "arm"), Column("n", "runs"), Column("test", "accuracy [95% CI]"),
-        Column("balanced", "balanced acc. [95% CI]", terminal=False), Column("balanced_mean", "balanced"),
+        Column("balanced", "balanced acc. [95% CI]", terminal=False), Column("balanced_mean", "balanced", files=False),
         Column("val", "best val. acc. [95% CI]", terminal=False),
         Column("difference", "vs baseline [95% CI]"), Column("p", "p"),
         Column("test_name", "test", terminal=False),
