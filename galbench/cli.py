@@ -105,12 +105,14 @@ def _cmd_run(args) -> None:
 
 
 def _print_report(run_dir: Path, as_json: bool = False) -> None:
+    from rich.markup import escape
+
     from galbench.analysis.report import run_status, terminal_report, write_report
 
     report, paths = write_report(run_dir)
     status, incomplete = run_status(report)
     if incomplete:
-        err.print(f"[yellow]warning:[/] {status}", highlight=False)
+        err.print(f"[yellow]warning:[/] {escape(status)}", highlight=False)
     if as_json:
         sys.stdout.write(paths[-1].read_text() + "\n")
     else:
@@ -124,11 +126,13 @@ def _cmd_report(args) -> None:
 
 
 def _cmd_compare(args) -> None:
+    from rich.markup import escape
+
     from galbench.analysis.report import compare_tables, load_report
 
     warnings_, tables = compare_tables(load_report(args.run_dir_a), load_report(args.run_dir_b))
     for warning in warnings_:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     for table in tables:
         out.print(table)
 
