@@ -426,3 +426,12 @@ def test_per_seed_splits_and_the_whole_training_split_as_a_size():
     assert facts["split"].startswith("train 1,400 / validation 300 / test 300") and "each seed its own" in facts["split"]
     assert facts["labelled training sizes"].startswith("200 labels, all 1,400 labels")
     assert "all 1,400 labels" in R.accuracy_table(report, 1400).title
+
+
+def test_one_training_set_size_is_not_named_everywhere():
+    """New runs always record train_size; with one size the report does not repeat it on every line."""
+    report = build([make_row(v, s, 0.6, size=1400) for v in ("scratch", "fractal") for s in range(3)])
+    assert not report.multi_size
+    assert "size" not in [c.key for c in R.confirmatory_table(report).shown()]
+    assert "labels" not in R.headline(report)[0] and "labels" not in R.threshold_table(report, 0.5, 1400).title
+    assert "labelled training sizes" not in dict(R.dataset_facts(report))

@@ -586,17 +586,15 @@ def labels_sentences(report: SuiteReport) -> list[str]:
         if not entries:
             continue
         e, baseline = entries[0], report.baseline
-        needed = e.baseline_labels
+        needed, metric = e.baseline_labels, ACCURACY_LABELS[e.metric]
         if needed.side == "at_least":
-            texts.append(f"With {e.train_size:,} labels, {variant} scored higher on {ACCURACY_LABELS[e.metric]} than "
-                         f"{baseline} did with all "
-                         f"{needed.value:,.0f}: {baseline} would need more labels than the suite gave it.")
+            texts.append(f"With {e.train_size:,} labels, {variant} scored higher on {metric} than {baseline} did "
+                         f"with all {needed.value:,.0f}: {baseline} would need more labels than the suite gave it.")
         elif needed.side == "at_most":
-            texts.append(f"With {e.train_size:,} labels, {variant} saved no labels: {baseline} matched its "
-                         f"{ACCURACY_LABELS[e.metric]} "
+            texts.append(f"With {e.train_size:,} labels, {variant} saved no labels: {baseline} matched its {metric} "
                          f"with at most {needed.value:,.0f}.")
         elif needed.side == "exact":
-            texts.append(f"With {e.train_size:,} labels, {variant} matched {baseline}'s {ACCURACY_LABELS[e.metric]} at "
+            texts.append(f"With {e.train_size:,} labels, {variant} matched {baseline}'s {metric} at "
                          f"{needed.value:,.0f} labels (95% CI {' to '.join(_labels_needed(b) for b in e.ci)}).")
     return texts
 
@@ -613,7 +611,7 @@ def headline(report: SuiteReport) -> list[str]:
 
 # --- facts: dataset and design ---------------------------------------------------------------------------
 
-def test_class_counts(report: SuiteReport) -> list[int] | None:
+def class_counts_in_test_split(report: SuiteReport) -> list[int] | None:
     """Galaxies per class in the test split, read from a finished run's confusion matrix (row sums)."""
     for row in report.runs:
         if row.get("confusion"):
@@ -623,7 +621,7 @@ def test_class_counts(report: SuiteReport) -> list[int] | None:
 
 def chance_level(report: SuiteReport) -> tuple[float, str] | None:
     """The accuracy of always guessing the largest test class, and that class."""
-    counts = test_class_counts(report)
+    counts = class_counts_in_test_split(report)
     if not counts or not sum(counts):
         return None
     index = int(np.argmax(counts))
@@ -644,7 +642,7 @@ def dataset_facts(report: SuiteReport) -> list[tuple[str, str]]:
     else:
         source = f"catalog {Path(data.get('catalog') or report.suite.get('catalog_path', '?')).name}"
     facts = [("galaxies", f"{sum(sizes.values()):,} from {source}" if sizes else source)]
-    counts = test_class_counts(report)
+    counts = class_counts_in_test_split(report)
     if report.classes:
         listed = ", ".join(report.classes if counts is None else
                            [f"{name} ({count:,})" for name, count in zip(report.classes, counts, strict=False)])
@@ -773,12 +771,16 @@ def _interval_text(summary: stats.AccuracySummary | None) -> str:
     return f"{summary.mean:.3f} [{summary.ci[0]:.3f}, {summary.ci[1]:.3f}]"
 
 
+def _size_cell(report: SuiteReport, size) -> str:
+    return f"{size:,}" if report.multi_size and size is not None else ""
+
+
 def confirmatory_table(report: SuiteReport) -> Table:
     """The confirmatory family: raw and Holm-adjusted p-values (report appendix and primary section)."""
     rows = []
     for c in report.analysis.confirmatory:
         fmt = _diff if c.endpoint.kind == "accuracy" else _ratio
-        rows.append({"variant": c.variant, "size": "" if c.train_size is None else f"{c.train_size:,}",
+        rows.append({"variant": c.variant, "size": _size_cell(report, c.train_size),
                      "endpoint": endpoint_label(report, c.endpoint),
                      "estimate": f"{fmt_bound(c.estimate, fmt)} {fmt_interval(c.ci, fmt)}".strip(),
                      "test": c.test.name if c.test else "not tested",
@@ -987,7 +989,7 @@ def exploratory_table(report: SuiteReport) -> Table:
     for c in report.analysis.exploratory:
         fmt = _diff if c.endpoint.kind == "accuracy" else _ratio
         rows.append({"endpoint": endpoint_label(report, c.endpoint), "variant": c.variant,
-                     "size": "" if c.train_size is None else f"{c.train_size:,}",
+                     "size": _size_cell(report, c.train_size),
                      "estimate": f"{fmt_bound(c.estimate, fmt)} {fmt_interval(c.ci, fmt)}".strip(),
                      "test": c.test.name if c.test else "not tested", "p": fmt_p(c.test.p_value) if c.test else ""})
     return Table("exploratory comparisons (unadjusted)", [
