@@ -72,22 +72,27 @@ def test_suite_pretrains_once_reuses_the_cache_and_spreads_the_cost(cli, tmp_pat
     assert not torch.equal(pretrained, scratch)
 
 
-def test_report_adds_the_pretraining_share_to_the_costs(tmp_path):
-    from galbench.analysis.report import SuiteReport, threshold_rows
-    from galbench.analysis.stats import analyse, cost_medians
+def test_report_bills_the_whole_pretraining_and_says_when_it_pays_back(tmp_path):
+    """A pretraining is counted in full for one model, never divided over the runs that share it."""
+    from galbench.analysis.report import build_report, cost_table
 
     def run(variant, seed, flops):
         return {"variant": variant, "seed": seed, "test_accuracy": 0.8, "best_val_accuracy": 0.8,
                 "init": "fractal" if variant == "fractal" else "scratch",
+                "pretrain_cost": {"train_flops": 3e15, "device_seconds": 7200.0} if variant == "fractal" else None,
+                "totals": {"epochs": 2.0, "train_flops": flops, "device_seconds": 3600.0},
                 "thresholds": {"0.5": {"reached": True, "epochs": 2.0, "samples": 100, "train_flops": flops,
                                        "device_seconds": 3600.0, "energy_joules": None}}}
 
-    runs = [run("scratch", s, 1e15) for s in range(3)] + [run("fractal", s, 2e15) for s in range(3)]
-    analysis = analyse(runs, [0.5], "scratch")
-    report = SuiteReport(tmp_path, "t", runs, [0.5], "scratch", [], {}, analysis,
-                         {(v, 0.5): cost_medians(runs, v, 0.5) for v in ("scratch", "fractal")},
-                         {"fractal": {"cost": {"train_flops": 3e15, "device_seconds": 7200.0}, "shared_by": 3}})
-    rows = {row["variant"]: row for row in threshold_rows(report, 0.5)}
-    assert rows["fractal"]["pflops"] == "2" and rows["fractal"]["pflops_with_pretraining"] == "3"
-    assert rows["fractal"]["device_hours"] == "1" and rows["fractal"]["device_hours_with_pretraining"] == "1.67"
-    assert rows["scratch"]["pflops_with_pretraining"] == ""
+    runs = [run("scratch", s, 2e15) for s in range(3)] + [run("fractal", s, 1e15) for s in range(3)]
+    suite = {"suite": {"name": "t", "seeds": [0, 1, 2], "thresholds": [0.5]}, "baseline": "scratch",
+             "variant": [{"name": "scratch", "model": "alexnet-tiny", "init": "scratch"},
+                         {"name": "fractal", "model": "alexnet-tiny", "init": "fractal"}]}
+    report = build_report(tmp_path, suite, runs)
+    flops = {row["variant"]: row for row in cost_table(report, "train_flops", None).rows}
+    # 3 PFLOPs once + k fine-tunes of 1 <= k trainings of 2 from k = 3 on
+    assert (flops["fractal"]["pretraining"], flops["fractal"]["one_model"], flops["fractal"]["break_even"]) == \
+        ("3", "4", "3 fine-tunes")
+    assert flops["scratch"]["break_even"] == "baseline" and not flops["scratch"].get("pretraining")
+    seconds = {row["variant"]: row for row in cost_table(report, "device_seconds", None).rows}
+    assert seconds["fractal"]["break_even"] == "never"  # fine-tuning takes as long as training from scratch
