@@ -435,3 +435,10 @@ def test_one_training_set_size_is_not_named_everywhere():
     assert "size" not in [c.key for c in R.confirmatory_table(report).shown()]
     assert "labels" not in R.headline(report)[0] and "labels" not in R.threshold_table(report, 0.5, 1400).title
     assert "labelled training sizes" not in dict(R.dataset_facts(report))
+
+
+def test_markdown_without_figures_still_has_every_section():
+    rows = [make_row(v, s, 0.6, retries=1 if s == 0 else 0) for v in ("scratch", "fractal") for s in range(3)]
+    markdown = R.markdown_report(build(rows), [])
+    assert "## The answer" in markdown and "## Cost" in markdown and "![" not in markdown
+    assert "retried after a worker failure" in markdown and "scratch seed 0 (1)" in markdown

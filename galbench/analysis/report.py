@@ -1216,10 +1216,17 @@ def _km_figure(report: SuiteReport, threshold: float | None = None, field_: str 
 # --- the document --------------------------------------------------------------------------------------------
 
 def sections(report: SuiteReport, found: list[Figure]) -> tuple[list[Section], list[Section]]:
-    """The report's body and appendix, in order, shared by the Markdown and HTML renderers."""
-    by_name = {f.name: f for f in found}
+    """The report's body and appendix, in order, shared by the Markdown and HTML renderers.
+
+    The first figure (if any) heads the answer; the others go to their sections by name.
+    """
+    others = {f.name: f for f in found[1:]}
+
+    def pick(*names: str) -> list[Figure]:
+        return [others[name] for name in names if name in others]
+
     body = [Section("answer", "The answer", paragraphs=headline(report) + [primary_sentence(report)],
-                    figures=[found[0]]),
+                    figures=found[:1]),
             Section("data", "Dataset", facts=dataset_facts(report)),
             Section("design", "Design", facts=design_facts(report))]
     sizes = _sizes(report)
@@ -1229,31 +1236,29 @@ def sections(report: SuiteReport, found: list[Figure]) -> tuple[list[Section], l
     recall = recall_table(report)
     if recall:
         accuracy.tables.append(recall)
-    accuracy.figures += [by_name[n] for n in ("headline", "confusion_winner") if n in by_name and by_name[n] is not found[0]]
+    accuracy.figures += pick("headline", "confusion_winner")
     body.append(accuracy)
     labels = labels_saved_table(report)
     if labels:
         body.append(Section("labels", "Labels saved", paragraphs=labels_sentences(report), tables=[labels],
-                            figures=[f for f in found[1:] if f.name == "label_efficiency"]))
+                            figures=pick("label_efficiency")))
     time = Section("time", "Time to threshold", tables=[threshold_table(report, t, s) for s in sizes
                                                         for t in report.thresholds])
     time.paragraphs = [verdict(report, c) for c in _comparisons(report)
                        if c.endpoint.field == "epochs" and c.endpoint.threshold == report.analysis.main_threshold
                        and c.train_size == _largest_size(report)] + [THRESHOLD_NOTE]
-    time.figures = [by_name[n] for n in ("kaplan_meier", "time_to_threshold", "learning_curves")
-                    if n in by_name and by_name[n] is not found[0]]
+    time.figures = pick("kaplan_meier", "time_to_threshold", "learning_curves")
     body.append(time)
     costs = Section("costs", "Cost", paragraphs=cost_sentences(report) + cost_notes(report),
                     tables=[t for s in sizes for t in (cost_table(report, "train_flops", s),
                                                        cost_table(report, "device_seconds", s)) if t],
-                    figures=[by_name[n] for n in ("accuracy_vs_train_flops", "accuracy_vs_device_seconds")])
+                    figures=pick("accuracy_vs_train_flops", "accuracy_vs_device_seconds"))
     body.append(costs)
     calibration = calibration_table(report)
     if calibration:
-        body.append(Section("calibration", "Calibration", tables=[calibration],
-                            figures=[by_name["reliability"]]))
-    if "probe_curves" in by_name:
-        body.append(Section("probes", "Pretraining probes", figures=[by_name["probe_curves"]]))
+        body.append(Section("calibration", "Calibration", tables=[calibration], figures=pick("reliability")))
+    if "probe_curves" in others:
+        body.append(Section("probes", "Pretraining probes", figures=pick("probe_curves")))
     if report.analysis.notes:
         body.append(Section("notes", "Notes on the statistics", paragraphs=list(report.analysis.notes)))
     appendix = [Section("confirmatory", "Appendix: the confirmatory family",
