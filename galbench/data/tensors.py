@@ -76,25 +76,29 @@ def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float],
     return split
 
 
-def nested_order(labels: np.ndarray, seed: list[int]) -> np.ndarray:
-    """An order of positions whose every prefix is a stratified sample: the first n make a size-n subset.
+def nested_order(labels: np.ndarray, length: int, seed: list[int]) -> np.ndarray:
+    """`length` positions whose every prefix is a stratified sample: the first n make a size-n subset.
 
-    Each class is shuffled; its j-th member gets the key j / (class size), and positions are sorted by key
-    (ties in a random class order). A prefix of length n therefore holds every class in proportion to
-    within one galaxy, holds one of each class as soon as n reaches the number of classes, and contains
-    every shorter prefix: subsets of growing size are nested by construction.
+    Which class fills the h-th place follows Balinski and Young's quota method (1975): among the
+    classes still under their upper quota ceil(h n_c / N), the one with the largest n_c / (a_c + 1),
+    a_c being its places so far (ties in a random class order). That keeps every prefix within one
+    galaxy of proportional for every class (both quotas) while each prefix contains the shorter ones,
+    so subsets of growing size are nested. Within a class, galaxies come in a random order.
     """
     rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    priority = dict(zip(classes.tolist(), rng.permutation(classes.size).tolist(), strict=True))
-    positions, keys, ties = [], [], []
-    for label in classes.tolist():
-        members = rng.permutation(np.flatnonzero(labels == label))
-        positions.append(members)
-        keys.append(np.arange(members.size) / members.size)
-        ties.append(np.full(members.size, priority[label]))
-    positions, keys, ties = map(np.concatenate, (positions, keys, ties))
-    return positions[np.lexsort((ties, keys))]
+    classes, counts = np.unique(labels, return_counts=True)
+    members = [rng.permutation(np.flatnonzero(labels == label)) for label in classes]
+    ties = rng.permutation(classes.size)
+    taken = np.zeros(classes.size, dtype=np.int64)
+    order = np.empty(length, dtype=np.int64)
+    for place in range(length):
+        upper = -(-(place + 1) * counts // labels.size)
+        priority = np.where(taken < upper, counts / (taken + 1), -1.0)
+        best = np.flatnonzero(priority == priority.max())
+        chosen = best[np.argmin(ties[best])]
+        order[place] = members[chosen][taken[chosen]]
+        taken[chosen] += 1
+    return order
 
 
 def train_subset(labels: np.ndarray, size: int | str, per_class: bool, seed: list[int]) -> np.ndarray:
@@ -104,24 +108,20 @@ def train_subset(labels: np.ndarray, size: int | str, per_class: bool, seed: lis
     """
     if size == "all":
         return np.arange(labels.size)
-    counts = np.bincount(labels)
-    present = np.flatnonzero(counts)
     if per_class:
+        counts = np.bincount(labels)
+        present = np.flatnonzero(counts)
         if size > counts[present].min():
             smallest = present[counts[present].argmin()]
             raise GalbenchError(f"train size {size} per class is more than the training split holds of class "
                                 f"{smallest} ({counts[smallest]} galaxies)", where="suite.train_sizes",
                                 fix="use smaller sizes, or \"all\"")
-        order = nested_order(labels, seed)
-        chosen = np.concatenate([order[labels[order] == label][:size] for label in present])
-        return np.sort(chosen)
+        rng = np.random.default_rng(seed)
+        return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == label))[:size] for label in present]))
     if size > labels.size:
         raise GalbenchError(f"train size {size} is more than the training split holds ({labels.size} galaxies)",
                             where="suite.train_sizes", fix="use smaller sizes, or \"all\"")
-    if size < present.size:
-        raise GalbenchError(f"train size {size} is smaller than the number of classes ({present.size})",
-                            where="suite.train_sizes", fix="use at least one galaxy per class")
-    return np.sort(nested_order(labels, seed)[:size])
+    return np.sort(nested_order(labels, size, seed))
 
 
 def balanced_class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:

@@ -1,10 +1,11 @@
 """One training run (a variant and a seed): the loop, evaluation, the event log, checkpoints and resume.
 
-The loop is plain to see: `train_one_epoch`, `evaluate`, `run`. Each run writes an append-only JSON-lines
-event log (run_start, eval, threshold_reached, run_stop) and checkpoints `last.pt` at every epoch's end.
-A rerun skips a finished run and resumes an interrupted one from `last.pt`, first cutting the log back to
-what that checkpoint had seen, so at most the current epoch is lost and, on the CPU, the resumed run's
-results equal an uninterrupted run's.
+The loop is plain to see: `train_one_epoch`, `evaluate`, `run`. A run's budget is `epochs` over its
+training set or a number of optimizer `steps`; it evaluates `evals_per_epoch` times an epoch or `evals`
+times in all. Each run writes an append-only JSON-lines event log (run_start, eval, threshold_reached,
+run_stop) and checkpoints `last.pt` at the end of every epoch that evaluated. A rerun skips a finished
+run and resumes an interrupted one from `last.pt`, first cutting the log back to what that checkpoint had
+seen, so little is lost and, on the CPU, the resumed run's results equal an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -407,8 +408,8 @@ def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, 
         on_event: Callable[[dict], None] | None = None, on_checkpoint: Callable[[], None] | None = None) -> dict:
     """Train one run to its end (resuming if it was interrupted) and return its results.
 
-    `on_checkpoint()` is called whenever the run directory's files are consistent: after each epoch's
-    checkpoint and at the end (remote executors ship the files back to the driver then).
+    `on_checkpoint()` is called whenever the run directory's files are consistent: after each checkpoint
+    and at the end (remote executors ship the files back to the driver then).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     log = EventLog(run_dir / "events.jsonl")
