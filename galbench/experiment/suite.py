@@ -349,10 +349,30 @@ class Suite(_Strict):
         return next((v.name for v in self.variant if v.init == "scratch"), self.variant[0].name)
 
     def identity(self) -> str:
-        """A hash of everything that changes results, except the seed list (so adding seeds resumes)."""
+        """A hash of everything that changes results, except the seed list (so adding seeds resumes).
+
+        Keys newer than galbench 0.2.0 are left out while they hold the value that does what 0.2.0 did,
+        so a suite's run directory keeps its name across the upgrade and its runs resume there.
+        """
         resolved = self.model_dump()
         resolved["suite"].pop("seeds")
         resolved.pop("executor")  # where runs execute does not change what they compute
+        resolved.pop("analysis")  # nor how their results are tested
+        train = resolved["train"]
+        if train["steps"] is None:  # 0.2.0 wrote its defaults out
+            train["epochs"] = train["epochs"] or DEFAULT_EPOCHS
+            if train["evals"] is None:
+                train["evals_per_epoch"] = train["evals_per_epoch"] or DEFAULT_EVALS_PER_EPOCH
+        # keys added since, at the values that do what 0.2.0 did
+        as_before = [(resolved["suite"], {"threshold_metric": "accuracy", "train_sizes": None, "per_class": False}),
+                     (resolved["data"]["split"], {"per_seed": False}),
+                     (train, {"steps": None, "evals": None, "class_weights": "none", "sampler": "shuffle"}),
+                     *((table, {"replicates": 1}) for table in resolved["pretrained"]),
+                     *((v["fractal"], {"replicates": 1}) for v in resolved["variant"] if v["fractal"])]
+        for table, values in as_before:
+            for key, value in values.items():
+                if table[key] == value:
+                    del table[key]
         return content_hash(resolved)
 
 
