@@ -24,15 +24,14 @@ FRACTAL = ('\n[[variant]]\nname = "fractal"\nmodel = "alexnet-tiny"\ninit = "fra
 @pytest.fixture(scope="module")
 def design_run(tmp_path_factory):
     """scratch and a 2-replicate fractal arm over 3 seeds, each seed its own split, thresholds on balanced accuracy."""
-    import os
-
     folder = tmp_path_factory.mktemp("design")
-    # module-scoped: set up before conftest's per-test cache isolation, so isolate the cache here
-    os.environ["GALBENCH_CACHE"] = str(tmp_path_factory.getbasetemp() / "galbench-cache")
     suite, base = load_suite(write_suite(folder, seeds=3, epochs=1, extra=FRACTAL),
                              ["data.split.per_seed=true", "suite.threshold_metric='balanced_accuracy'",
                               "suite.thresholds=[0.2, 0.4, 0.5]"])
-    out, results = run_suite(suite, base, out=folder / "out")
+    # a cache of its own: its pretrainings must not show up in other tests' caches
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GALBENCH_CACHE", str(folder / "cache"))
+        out, results = run_suite(suite, base, out=folder / "out")
     return out, results
 
 
@@ -52,10 +51,8 @@ def test_replicates_are_assigned_round_robin_and_each_run_carries_its_full_pretr
     assert [(r["seed"], r["replicate"]) for r in fractal] == [(0, 0), (1, 1), (2, 0)]
     assert fractal[0]["pretrain_id"] == fractal[2]["pretrain_id"] != fractal[1]["pretrain_id"]
     assert [r["pretrain_shared_by"] for r in fractal] == [2, 1, 2]
-    from galbench.fileio import cache_dir
-
     for row in fractal:
-        checkpoint = load_checkpoint(cache_dir("pretrain") / f"{row['pretrain_id']}.pt")  # the same isolated cache
+        checkpoint = load_checkpoint(out.parent / "cache" / "pretrain" / f"{row['pretrain_id']}.pt")
         assert row["pretrain_cost"] == checkpoint["meta"]["pretrain_cost"]  # the whole cost, not a share
         assert checkpoint["meta"]["pretrain_source"]["seed"] == row["replicate"]  # an independent pretraining
         assert _events(out, row["run"])[0]["pretrain_id"] == row["pretrain_id"]
