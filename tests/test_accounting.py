@@ -70,3 +70,109 @@ def test_run_costs_add_up(cli, tmp_path):
         assert cost["reached"] == (first is not None)
         assert cost["epochs"] == (first or evals[-1])["epochs"]
     assert sum(map(sum, results["confusion"])) == events[0]["test_size"]
+
+
+class _FakeNvml:
+    """pynvml's calls galbench makes, over a machine of GPUs described by dicts."""
+
+    def __init__(self, gpus):
+        self.gpus = gpus
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return index
+
+    def nvmlDeviceGetUUID(self, handle):
+        return self.gpus[handle]["uuid"].encode()  # older pynvml returns bytes
+
+    def nvmlDeviceGetPciInfo(self, handle):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(busId=self.gpus[handle]["bus"].encode())
+
+    def nvmlDeviceGetMigMode(self, handle):
+        return self.gpus[handle].get("mig", 0), self.gpus[handle].get("mig", 0)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        return self.gpus[handle]["millijoules"]
+
+
+MACHINE = [{"uuid": f"GPU-0000000{k}-aaaa-bbbb-cccc-dddddddddddd", "bus": f"00000000:{0x1A + k:02X}:00.0",
+            "millijoules": 1000 * (k + 1)} for k in range(4)]
+
+
+def _visible(monkeypatch, gpus, props_by_torch_index):
+    """Mock NVML over `gpus` and torch.cuda's properties of the devices torch sees."""
+    import sys
+    import types
+
+    fake = _FakeNvml(gpus)
+    module = types.ModuleType("pynvml")
+    for name in dir(fake):
+        if name.startswith("nvml"):
+            setattr(module, name, getattr(fake, name))
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props_by_torch_index[index])
+
+
+def _props(gpu, uuid=True):
+    from types import SimpleNamespace
+
+    bus = int(gpu["bus"].split(":")[1], 16)
+    fields = {"pci_domain_id": 0, "pci_bus_id": bus, "pci_device_id": 0}
+    if uuid:  # torch prints the UUID without NVML's "GPU-" prefix
+        fields["uuid"] = gpu["uuid"].removeprefix("GPU-")
+    return SimpleNamespace(**fields)
+
+
+def test_energy_is_read_from_the_gpu_torch_uses_not_the_one_at_its_index(monkeypatch):
+    from galbench.experiment.accounting import EnergyMeter
+
+    # CUDA_VISIBLE_DEVICES=2,3 (or Ray): torch's cuda:1 is the machine's fourth GPU
+    _visible(monkeypatch, MACHINE, {0: _props(MACHINE[2]), 1: _props(MACHINE[3])})
+    assert EnergyMeter(torch.device("cuda:1")).joules() == 4.0
+    assert EnergyMeter(torch.device("cuda:0")).joules() == 3.0
+    # without a UUID from torch, the PCI bus id decides
+    _visible(monkeypatch, MACHINE, {0: _props(MACHINE[1], uuid=False)})
+    assert EnergyMeter(torch.device("cuda:0")).joules() == 2.0
+
+
+def test_no_energy_where_the_card_is_not_the_runs_alone(monkeypatch):
+    from galbench.experiment.accounting import EnergyMeter
+
+    _visible(monkeypatch, MACHINE, {0: _props(MACHINE[0])})
+    assert EnergyMeter(torch.device("cuda:0")).joules() == 1.0
+    assert EnergyMeter(torch.device("cuda:0"), shared_gpu=True).joules() is None  # a fraction of a GPU under Ray
+    slice_props = _props(MACHINE[0])
+    slice_props.uuid = "MIG-11111111-2222-3333-4444-555555555555"  # a MIG slice has its own UUID
+    _visible(monkeypatch, [dict(MACHINE[0], mig=0)], {0: slice_props})
+    assert EnergyMeter(torch.device("cuda:0")).joules() == 1.0  # found by its PCI address ...
+    _visible(monkeypatch, [dict(MACHINE[0], mig=1)], {0: slice_props})
+    assert EnergyMeter(torch.device("cuda:0")).joules() is None  # ... but the card is cut into MIG slices
+    stranger = _props(MACHINE[0])
+    stranger.uuid, stranger.pci_bus_id = "ffffffff-0000-0000-0000-000000000000", 0x7F
+    _visible(monkeypatch, MACHINE, {0: stranger})
+    assert EnergyMeter(torch.device("cuda:0")).joules() is None  # no match: unknown, never another GPU's counter
+
+
+def test_a_run_on_a_shared_gpu_is_flagged_in_its_events_and_results(tmp_path):
+    import numpy as np
+
+    from galbench.data.tensors import SplitImages
+    from galbench.experiment.suite import AugmentSection, TrainSection
+    from galbench.experiment.train import RunSpec, run
+    from tests.conftest import make_catalog
+
+    catalog = make_catalog(n=12, size=64)
+    split = SplitImages.build(catalog.images, np.arange(12), catalog.labels, 1.0, 64, torch.device("cpu"), 2**30)
+    spec = RunSpec("v", 0, "alexnet-tiny", catalog.classes, TrainSection(steps=1, evals=1, device="cpu"),
+                   AugmentSection(), 64, 1.0, [0.5], shared_gpu=True)
+    result = run(spec, split, split, split, tmp_path / "run")
+    start = json.loads((tmp_path / "run" / "events.jsonl").read_text().splitlines()[0])
+    assert start["shared_gpu"] is True and result["shared_gpu"] is True
+    assert result["totals"]["energy_joules"] is None and result["thresholds"]["0.5"]["energy_joules"] is None

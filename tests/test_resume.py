@@ -80,3 +80,19 @@ def test_adding_seeds_keeps_the_run_directory_and_trains_only_the_new_seed(cli, 
     assert [p.name for p in (tmp_path / "reports" / "tiny").iterdir()] == [run_dir.name]
     assert (run_dir / "runs/scratch__seed0/events.jsonl").read_bytes() == first
     assert (run_dir / "runs/scratch__seed1/final.pt").exists()
+
+
+def test_a_suite_keeps_its_run_directory_across_the_upgrade_from_0_2(tmp_path):
+    from galbench.experiment.suite import load_suite
+
+    extra = ('\n[[variant]]\nname = "fractal"\nmodel = "alexnet-tiny"\ninit = "fractal"\n'
+             'fractal = { classes = 4, per_class = 20 }\n\n[[pretrained]]\nname = "sim"\nsynth = { n = 50 }\n')
+    path = write_suite(tmp_path, extra=extra)
+    # the identities galbench 0.2.0 (commit ee64687) gives these suites: new keys at their defaults keep them
+    assert load_suite(path)[0].identity() == "9e6992912de5"
+    assert load_suite(path, ["train.evals_per_epoch=1"])[0].identity() == "260ad1db173a"
+    assert load_suite(path, ["analysis.alpha=0.01"])[0].identity() == "9e6992912de5"  # statistics change no run
+    changed = {load_suite(path, [setting])[0].identity() for setting in
+               ("suite.threshold_metric='balanced_accuracy'", "data.split.per_seed=true", "train.sampler='balanced'",
+                "variant.fractal.fractal.replicates=2", "suite.train_sizes=[10]")}
+    assert len(changed) == 5 and "9e6992912de5" not in changed

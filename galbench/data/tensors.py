@@ -53,8 +53,12 @@ def map_classes(catalog: Catalog, mapping: dict[str, list[int | str]] | None,
     return list(mapping), target
 
 
-def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
-    """Row indices of train/val/test, stratified by label; rows labelled -1 are left out."""
+def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float],
+                     seed: int | list[int]) -> dict[str, np.ndarray]:
+    """Row indices of train/val/test, stratified by label; rows labelled -1 are left out.
+
+    `seed` is an int or a list of ints (numpy's SeedSequence entropy), e.g. [split seed, run seed].
+    """
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for label in np.unique(labels[labels >= 0]):
@@ -70,6 +74,68 @@ def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float], 
             raise GalbenchError(f"the {name} split is empty", where="data.split",
                                 fix="use a larger catalog or larger fractions")
     return split
+
+
+def nested_order(labels: np.ndarray, length: int, seed: list[int]) -> np.ndarray:
+    """`length` positions whose every prefix is a stratified sample: the first n make a size-n subset.
+
+    Which class fills the h-th place follows Balinski and Young's quota method (1975): among the
+    classes still under their upper quota ceil(h n_c / N), the one with the largest n_c / (a_c + 1),
+    a_c being its places so far (ties in a random class order). That keeps every prefix within one
+    galaxy of proportional for every class (both quotas) while each prefix contains the shorter ones,
+    so subsets of growing size are nested. Within a class, galaxies come in a random order.
+    """
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    members = [rng.permutation(np.flatnonzero(labels == label)) for label in classes]
+    ties = rng.permutation(classes.size)
+    taken = np.zeros(classes.size, dtype=np.int64)
+    order = np.empty(length, dtype=np.int64)
+    for place in range(length):
+        upper = -(-(place + 1) * counts // labels.size)
+        priority = np.where(taken < upper, counts / (taken + 1), -1.0)
+        best = np.flatnonzero(priority == priority.max())
+        chosen = best[np.argmin(ties[best])]
+        order[place] = members[chosen][taken[chosen]]
+        taken[chosen] += 1
+    return order
+
+
+def train_subset(labels: np.ndarray, size: int | str, per_class: bool, seed: list[int]) -> np.ndarray:
+    """Positions (into the training split) of a stratified subset: `size` galaxies in total, or per class.
+
+    Subsets drawn with the same seed are nested: a smaller one lies inside every larger one.
+    """
+    if size == "all":
+        return np.arange(labels.size)
+    if per_class:
+        counts = np.bincount(labels)
+        present = np.flatnonzero(counts)
+        if size > counts[present].min():
+            smallest = present[counts[present].argmin()]
+            raise GalbenchError(f"train size {size} per class is more than the training split holds of class "
+                                f"{smallest} ({counts[smallest]} galaxies)", where="suite.train_sizes",
+                                fix="use smaller sizes, or \"all\"")
+        rng = np.random.default_rng(seed)
+        return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == label))[:size] for label in present]))
+    if size > labels.size:
+        raise GalbenchError(f"train size {size} is more than the training split holds ({labels.size} galaxies)",
+                            where="suite.train_sizes", fix="use smaller sizes, or \"all\"")
+    return np.sort(nested_order(labels, size, seed))
+
+
+def balanced_class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Cross-entropy weights N / (K n_c) over the K classes present (sklearn's "balanced"); 0 for absent ones."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    present = counts > 0
+    return np.divide(labels.size, present.sum() * counts, out=np.zeros(n_classes), where=present)
+
+
+def balanced_order(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One epoch of positions drawn with replacement so that every class is drawn equally often on average."""
+    counts = torch.bincount(labels.cpu())
+    weights = 1.0 / counts[labels.cpu()].double()
+    return torch.multinomial(weights, labels.numel(), replacement=True, generator=generator)
 
 
 def prepare_images(images: np.ndarray, crop: float, size: int) -> torch.Tensor:
@@ -98,18 +164,32 @@ class SplitImages:
     size: int
     device: torch.device
     resident: torch.Tensor | None = None  # (N, 3, size, size) uint8 on device
+    catalog_rows: np.ndarray | None = None  # each image's row in the catalog, where `source` is not the catalog
 
     @classmethod
     def build(cls, source: np.ndarray, rows: np.ndarray, labels: np.ndarray, crop: float, size: int,
-              device: torch.device, budget_bytes: int) -> SplitImages:
+              device: torch.device, budget_bytes: int, catalog_rows: np.ndarray | None = None) -> SplitImages:
         """Prepare a split; load it onto the device whole if it fits `budget_bytes`."""
-        split = cls(source, rows, torch.as_tensor(labels[rows], device=device), crop, size, device)
+        split = cls(source, rows, torch.as_tensor(labels[rows], device=device), crop, size, device,
+                    catalog_rows=catalog_rows)
         if rows.size * 3 * size * size <= budget_bytes:
             split.resident = split.all_images()
         return split
 
     def __len__(self) -> int:
         return int(self.rows.size)
+
+    @property
+    def rows_in_catalog(self) -> np.ndarray:
+        """The catalog row of each image, in split order."""
+        return self.rows if self.catalog_rows is None else self.catalog_rows
+
+    def subset(self, positions: np.ndarray) -> SplitImages:
+        """The images at `positions` of this split (prepared images are indexed, not prepared again)."""
+        index = torch.as_tensor(positions, device=self.device)
+        resident = self.resident[index] if self.resident is not None else None
+        return SplitImages(self.source, self.rows[positions], self.labels[index], self.crop, self.size, self.device,
+                           resident, None if self.catalog_rows is None else self.catalog_rows[positions])
 
     def all_images(self) -> torch.Tensor:
         """The whole split as one prepared uint8 tensor (what a remote worker is sent)."""

@@ -31,19 +31,67 @@ def flops_per_sample(model: nn.Module, image_size: int, device: torch.device, ba
     return int(counter.get_total_flops() // batch)
 
 
-class EnergyMeter:
-    """Total GPU energy from NVML's counter (millijoules since driver load); None without a GPU or NVML."""
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
-    def __init__(self, device: torch.device):
+
+def _uuid_key(value) -> str:
+    """A GPU UUID in one spelling: NVML writes `GPU-<hex>`, torch the bare hex groups."""
+    return _text(value).lower().removeprefix("gpu-")
+
+
+def _pci_key(bus_id) -> tuple[int, int, int]:
+    """(domain, bus, device) of an NVML PCI bus id such as `00000000:3B:00.0`."""
+    domain, bus, device = _text(bus_id).split(".")[0].split(":")
+    return int(domain, 16), int(bus, 16), int(device, 16)
+
+
+def nvml_handle(nvml, index: int):
+    """The NVML handle of torch's CUDA device `index`, matched by UUID, else by PCI bus id; None if none matches.
+
+    NVML numbers every GPU of the machine while torch numbers those CUDA_VISIBLE_DEVICES (or Ray) left
+    visible, so indices do not correspond; the UUID and the PCI address do. A MIG slice is never given
+    the whole card's counter: its UUID matches no GPU, and a PCI match on a GPU in MIG mode is refused.
+    """
+    props = torch.cuda.get_device_properties(index)
+    uuid = getattr(props, "uuid", None)
+    pci = tuple(getattr(props, f"pci_{part}_id", None) for part in ("domain", "bus", "device"))
+    handles = [nvml.nvmlDeviceGetHandleByIndex(k) for k in range(nvml.nvmlDeviceGetCount())]
+    if uuid is not None:
+        match = next((h for h in handles if _uuid_key(nvml.nvmlDeviceGetUUID(h)) == _uuid_key(uuid)), None)
+        if match is not None:
+            return match
+    if None in pci:
+        return None
+    for handle in handles:
+        if _pci_key(nvml.nvmlDeviceGetPciInfo(handle).busId) == pci:
+            try:
+                mig_current, _ = nvml.nvmlDeviceGetMigMode(handle)
+            except Exception:  # noqa: BLE001 - GPUs without MIG raise NVMLError_NotSupported
+                mig_current = 0
+            return None if mig_current else handle
+    return None
+
+
+class EnergyMeter:
+    """Total GPU energy from NVML's counter (millijoules since driver load); None without a GPU or NVML.
+
+    A run on a shared GPU (a fraction of one under Ray) gets None too: the counter is the whole card's,
+    and other runs' work would be billed to it.
+    """
+
+    def __init__(self, device: torch.device, shared_gpu: bool = False):
         self._handle = None
-        if device.type != "cuda":
+        if device.type != "cuda" or shared_gpu:
             return
         try:
             import pynvml
 
             pynvml.nvmlInit()
             index = device.index if device.index is not None else torch.cuda.current_device()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            handle = nvml_handle(pynvml, index)
+            if handle is None:
+                return
             pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
             self._handle, self._nvml = handle, pynvml
         except Exception:  # noqa: BLE001 - no NVML, or a GPU without the energy counter
@@ -86,15 +134,15 @@ class Stopwatch:
         return time.perf_counter()
 
 
-def threshold_crossings(evals: list[dict], thresholds: list[float]) -> dict[float, dict]:
+def threshold_crossings(evals: list[dict], thresholds: list[float], metric: str = "val_accuracy") -> dict[float, dict]:
     """For each threshold: the costs at the first eval reaching it, or censored at the run's totals.
 
-    `evals` are eval events in order (each with `val_accuracy` and the COST_FIELDS that apply).
-    Returns {threshold: {"reached": bool, **costs}}; a run with no evals is censored at zero cost.
+    `evals` are eval events in order (each with `metric`, already rounded as logged, and the COST_FIELDS
+    that apply). Returns {threshold: {"reached": bool, **costs}}; a run with no evals is censored at zero cost.
     """
     result = {}
     for threshold in thresholds:
-        hit = next((e for e in evals if e["val_accuracy"] >= threshold), None)
+        hit = next((e for e in evals if e[metric] >= threshold), None)
         point = hit if hit is not None else (evals[-1] if evals else {})
         result[threshold] = {"reached": hit is not None,
                              **{field: point.get(field, 0) for field in COST_FIELDS}}

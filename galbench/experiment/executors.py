@@ -1,8 +1,9 @@
 """Where the runs of a suite execute: here, one after another (the default), or as tasks on a Ray cluster.
 
-Both write the same run directory. With Ray, every (variant, seed) run is a task with its resource request;
-each pretraining a suite needs is one task that the runs needing it wait for; the driver ships the data
-through Ray's object store and the run's files (event log, checkpoints) stream back to the driver after
+Both write the same run directory. With Ray, every (variant, size, seed) run is a task with its resource
+request; each pretraining a suite needs (each replicate) is one task that the runs needing it wait for,
+holding whole GPUs so that its energy is its own; a run given a fraction of a GPU is flagged `shared_gpu`
+and bills no energy. The driver ships each split once through Ray's object store and the run's files (event log, checkpoints) stream back to the driver after
 every epoch, so no shared filesystem is needed. A run whose worker dies is submitted again from the last
 checkpoint the driver holds, up to `max_retries` times, and its retries are recorded in `retries.json`.
 The local executor imports nothing from Ray.
@@ -10,6 +11,7 @@ The local executor imports nothing from Ray.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -20,7 +22,7 @@ import torch
 
 from galbench.cluster import connect_ray
 from galbench.errors import GalbenchError
-from galbench.experiment.train import EventLog, RunSpec, results_from_events
+from galbench.experiment.train import EventLog, RunSpec, planned_epochs, results_from_events
 from galbench.experiment.train import run as train_run
 from galbench.fileio import atomic_path, write_json_atomic
 
@@ -29,11 +31,33 @@ RUN_FILES = ("events.jsonl", "last.pt", "best.pt", "final.pt")
 
 @dataclass
 class RunJob:
-    """One (variant, seed) run: what to train and where its files live on the driver."""
+    """One (variant, size, seed) run: what to train, on which split and subset, and where its files live."""
 
     spec: RunSpec
     run_dir: Path
-    init_key: str  # which resolved init (pretraining) it starts from
+    init_key: tuple[str, int]  # (variant, replicate): which resolved init (pretraining) it starts from
+    split_key: int | None = None  # which split of the suite's data (None: the one shared split)
+    size_label: str | None = None  # which training subset (None: the whole training split)
+
+
+def _inits_needed(suite) -> list[tuple]:
+    """(variant, replicate) for every init a suite's runs start from."""
+    return [(variant, replicate) for variant in suite.variant for replicate in range(suite.replicates_for(variant))]
+
+
+def _finished(job: RunJob) -> dict | None:
+    """The results of a job whose event log says it finished, else None."""
+    events = EventLog(job.run_dir / "events.jsonl").read()
+    return results_from_events(events, job.spec.thresholds) if any(e["event"] == "run_stop" for e in events) else None
+
+
+def _display_name(job: RunJob) -> str:
+    return job.spec.variant if job.size_label is None else f"{job.spec.variant} n={job.size_label}"
+
+
+def _attach_init(spec: RunSpec, init: tuple) -> None:
+    """Give a run its starting weights, and log the full cost of the pretraining that made them."""
+    spec.init_state, spec.meta["pretrain_cost"] = init
 
 
 class LocalExecutor:
@@ -42,21 +66,25 @@ class LocalExecutor:
     name = "local"
 
     def resolve_inits(self, suite, base: Path, device: torch.device, display=None) -> dict:
-        """{variant name: (state dict or None, pretraining cost)}, pretraining on demand here."""
+        """{(variant name, replicate): (state dict or None, pretraining cost)}, pretraining on demand here."""
         from galbench.experiment.inits import resolve_init
 
-        return {v.name: resolve_init(v, suite, base, device, display) for v in suite.variant}
+        return {(v.name, r): resolve_init(v, suite, base, device, display, r) for v, r in _inits_needed(suite)}
 
     def run(self, jobs: list[RunJob], inits: dict, data, display=None,
             on_result: Callable[[RunJob, dict], None] | None = None) -> list[dict]:
         """Train every job in order (finished ones are read back, not redone)."""
         results = []
         for job in jobs:
-            job.spec.init_state = inits[job.init_key][0]
-            if display:
-                display.start_run(job.spec.variant, job.spec.seed, job.spec.train.epochs)
-            result = train_run(job.spec, data.train, data.val, data.test, job.run_dir,
-                               on_event=display.on_event if display else None)
+            result = _finished(job)
+            if result is None:
+                _attach_init(job.spec, inits[job.init_key])
+                train, val, test = data.for_run(job.split_key, job.size_label)
+                if display:
+                    display.start_run(_display_name(job), job.spec.seed, planned_epochs(job.spec.train, len(train)))
+                result = train_run(job.spec, train, val, test, job.run_dir,
+                                   on_event=display.on_event if display else None)
+                job.spec.init_state = None  # the weights are in the run's own checkpoints now
             results.append(result)
             if on_result:
                 on_result(job, result)
@@ -80,8 +108,9 @@ def _write_files(folder: Path, files: dict[str, bytes]) -> None:
 
 
 def _split_payload(split) -> dict:
-    """A split as plain arrays for the object store (prepared images, labels)."""
-    return {"images": split.all_images().cpu().numpy(), "labels": split.labels.cpu().numpy(), "size": split.size}
+    """A split as plain arrays for the object store (prepared images, labels, catalog rows)."""
+    return {"images": split.all_images().cpu().numpy(), "labels": split.labels.cpu().numpy(), "size": split.size,
+            "rows": split.rows_in_catalog}
 
 
 def _split_from_payload(payload: dict, device: torch.device):
@@ -90,19 +119,22 @@ def _split_from_payload(payload: dict, device: torch.device):
     from galbench.data.tensors import SplitImages
 
     rows = np.arange(len(payload["labels"]))
-    return SplitImages.build(payload["images"], rows, payload["labels"], 1.0, payload["size"], device, 2**62)
+    return SplitImages.build(payload["images"], rows, payload["labels"], 1.0, payload["size"], device, 2**62,
+                             catalog_rows=payload["rows"])
 
 
-def _remote_train(spec: RunSpec, init: tuple, data: dict, files: dict[str, bytes], name: str, queue,
-                  threads: int) -> dict:
+def _remote_train(spec: RunSpec, init: tuple, data: dict, train_positions, files: dict[str, bytes], name: str,
+                  queue, threads: int) -> dict:
     """Body of a Ray task: train one run in a scratch folder, streaming its files to the driver."""
     from galbench.experiment.train import resolve_device
 
     torch.set_num_threads(threads)
     queue.put(("pid", name, os.getpid()))
     device = resolve_device(spec.train.device)
-    spec.init_state = init[0]
+    _attach_init(spec, init)
     splits = {key: _split_from_payload(data[key], device) for key in ("train", "val", "test")}
+    if train_positions is not None:
+        splits["train"] = splits["train"].subset(train_positions)
     with tempfile.TemporaryDirectory(prefix="galbench-ray-") as work:
         folder = Path(work)
         _write_files(folder, files)
@@ -111,12 +143,12 @@ def _remote_train(spec: RunSpec, init: tuple, data: dict, files: dict[str, bytes
                          on_checkpoint=lambda: queue.put(("files", name, _read_files(folder))))
 
 
-def _remote_pretrain(variant, suite, base: str, device_spec: str) -> tuple:
+def _remote_pretrain(variant, suite, base: str, device_spec: str, replicate: int) -> tuple:
     """Body of a Ray task: one pretraining, made (or found in the worker's cache) on a worker."""
     from galbench.experiment.inits import resolve_init
     from galbench.experiment.train import resolve_device
 
-    return resolve_init(variant, suite, Path(base), resolve_device(device_spec))
+    return resolve_init(variant, suite, Path(base), resolve_device(device_spec), replicate=replicate)
 
 
 class RayExecutor:
@@ -132,17 +164,19 @@ class RayExecutor:
     def resolve_inits(self, suite, base: Path, device: torch.device, display=None) -> dict:
         """Files are read here; each pretraining becomes one task whose result the runs wait for."""
         from galbench.experiment.inits import resolve_init
+        from galbench.experiment.pretrain import pretraining_path
 
-        remote = self.ray.remote(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run)(_remote_pretrain)
+        # a pretraining holds whole GPUs: its energy counter then measures its own work only
+        remote = self.ray.remote(num_cpus=self.cpus_per_run, num_gpus=math.ceil(self.gpus_per_run))(_remote_pretrain)
         inits, pending = {}, {}
-        for variant in suite.variant:
-            if variant.init.split(":", 1)[0] in ("fractal", "pretrained"):
-                key = (variant.init, variant.model, str(variant.fractal))
-                if key not in pending:
-                    pending[key] = remote.remote(variant, suite, str(base), suite.train.device)
-                inits[variant.name] = pending[key]
-            else:
-                inits[variant.name] = self.ray.put(resolve_init(variant, suite, base, device, display))
+        for variant, replicate in _inits_needed(suite):
+            path = pretraining_path(variant, suite, base, replicate)
+            if path is None:
+                inits[(variant.name, replicate)] = self.ray.put(resolve_init(variant, suite, base, device, display))
+                continue
+            if path not in pending:  # variants with the same pretraining share one task
+                pending[path] = remote.remote(variant, suite, str(base), suite.train.device, replicate)
+            inits[(variant.name, replicate)] = pending[path]
         return inits
 
     def run(self, jobs: list[RunJob], inits: dict, data, display=None,
@@ -152,8 +186,7 @@ class RayExecutor:
 
         ray = self.ray
         queue = Queue()
-        data_ref = ray.put({"train": _split_payload(data.train), "val": _split_payload(data.val),
-                            "test": _split_payload(data.test)})
+        data_refs: dict = {}  # each split goes into the object store once
         threads = max(1, int(self.cpus_per_run))
         remote = ray.remote(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=0)(_remote_train)
         by_name = {job.run_dir.name: job for job in jobs}
@@ -164,16 +197,23 @@ class RayExecutor:
         def submit(job: RunJob):
             spec = job.spec
             spec.init_state = None  # the weights travel as their own object
+            spec.shared_gpu = 0 < self.gpus_per_run < 1
+            if job.split_key not in data_refs:
+                prepared = data.prepared(job.split_key)
+                data_refs[job.split_key] = ray.put({key: _split_payload(getattr(prepared, key))
+                                                    for key in ("train", "val", "test")})
             files = _read_files(job.run_dir)
-            ref = remote.remote(spec, inits[job.init_key], data_ref, files, job.run_dir.name, queue, threads)
+            ref = remote.remote(spec, inits[job.init_key], data_refs[job.split_key],
+                                data.subset_positions(job.split_key, job.size_label), files, job.run_dir.name, queue,
+                                threads)
             running[ref] = job
 
         for job in jobs:
-            events = EventLog(job.run_dir / "events.jsonl").read()
-            if any(e["event"] == "run_stop" for e in events):
-                results[job.run_dir.name] = results_from_events(events, job.spec.thresholds)
+            finished = _finished(job)
+            if finished is not None:
+                results[job.run_dir.name] = finished
                 if on_result:
-                    on_result(job, results[job.run_dir.name])
+                    on_result(job, finished)
             else:
                 submit(job)
 
@@ -212,7 +252,8 @@ class RayExecutor:
                 if on_result:
                     on_result(job, result)
                 if display:
-                    display.start_run(job.spec.variant, job.spec.seed, job.spec.train.epochs)
+                    display.start_run(_display_name(job), job.spec.seed,
+                                      planned_epochs(job.spec.train, result["train_size"]))
                     display.end_run(result)
         return [results[job.run_dir.name] for job in jobs]
 

@@ -12,8 +12,11 @@ from galbench.models.weights import imagenet_state_dict, load_checkpoint
 
 
 def resolve_init(variant: Variant, suite: Suite, base: Path, device: torch.device,
-                 display=None) -> tuple[dict | None, dict]:
-    """The initial weights of a variant (None for scratch) and what they cost to make (pretraining)."""
+                 display=None, replicate: int = 0) -> tuple[dict | None, dict]:
+    """The initial weights of a variant (None for scratch) and what they cost to make (pretraining).
+
+    `replicate` picks one of a pretraining's independent replicates (`replicates = K`).
+    """
     kind, _, value = variant.init.partition(":")
     if kind == "scratch":
         return None, {}
@@ -27,7 +30,7 @@ def resolve_init(variant: Variant, suite: Suite, base: Path, device: torch.devic
         return checkpoint["state_dict"], checkpoint.get("meta", {}).get("pretrain_cost", {})
     from galbench.experiment import pretrain
 
-    checkpoint_path = pretrain.ensure_for_variant(variant, suite, base, device, display)
+    checkpoint_path = pretrain.ensure_for_variant(variant, suite, base, device, display, replicate)
     checkpoint = load_checkpoint(checkpoint_path)
     return checkpoint["state_dict"], checkpoint["meta"].get("pretrain_cost", {})
 

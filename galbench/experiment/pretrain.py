@@ -88,41 +88,76 @@ def pretrain_fractal(out: Path, params: FractalParams, model: str, epochs: int, 
                                seed=params.seed, generation_seconds=generation_seconds, display=display)
 
 
-def ensure_for_variant(variant: Variant, suite: Suite, base: Path, device: torch.device, display=None) -> Path:
-    """The cached pretraining checkpoint a variant's `init` asks for, made on first use."""
+def pretraining_path(variant: Variant, suite: Suite, base: Path, replicate: int = 0) -> Path | None:
+    """The cache file of the pretraining a variant's runs start from (None where the init is not one).
+
+    Replicate r of a fractal pretraining draws its fractal set and trains with seed + r; replicate r of a
+    catalog pretraining trains with seed r on the same catalog. Replicate 0 keeps the cache key a suite
+    without replicates has always had.
+    """
     kind, _, name = variant.init.partition(":")
     if kind == "fractal":
-        section = variant.fractal or FractalSection()
-        key = {"kind": "fractal", **section.model_dump(), "model": variant.model}
-        path = cache_dir("pretrain") / f"fractal-{content_hash(key)}.pt"
+        section = _fractal_replicate(variant, replicate)
+        key = {"kind": "fractal", **section.model_dump(exclude={"replicates"}), "model": variant.model}
+        return _cached("fractal", key)
+    if kind == "pretrained":
+        section = next(p for p in suite.pretrained if p.name == name)
+        return _cached("catalog", _catalog_pretraining_key(section, variant.model, suite, base, replicate)[1])
+    return None
+
+
+def _cached(kind: str, key: dict) -> Path:
+    return cache_dir("pretrain") / f"{kind}-{content_hash(key)}.pt"
+
+
+def _fractal_replicate(variant: Variant, replicate: int) -> FractalSection:
+    section = variant.fractal or FractalSection()
+    return section.model_copy(update={"seed": section.seed + replicate})
+
+
+def ensure_for_variant(variant: Variant, suite: Suite, base: Path, device: torch.device, display=None,
+                       replicate: int = 0) -> Path:
+    """The cached pretraining checkpoint a variant's `init` asks for (one of its replicates), made on first use."""
+    kind, _, name = variant.init.partition(":")
+    if kind == "fractal":
+        path = pretraining_path(variant, suite, base, replicate)
         if not path.exists():
+            section = _fractal_replicate(variant, replicate)
             params = FractalParams(classes=section.classes, per_class=section.per_class, size=section.size,
                                    seed=section.seed)
             pretrain_fractal(path, params, variant.model, section.epochs, section.lr, section.batch_size, device,
                              display)
         return path
     section = next(p for p in suite.pretrained if p.name == name)
-    return ensure_catalog_pretraining(section, variant.model, suite, base, device, display)
+    return ensure_catalog_pretraining(section, variant.model, suite, base, device, display, replicate)
 
 
-def ensure_catalog_pretraining(section: PretrainedSection, model: str, suite: Suite, base: Path,
-                               device: torch.device, display=None) -> Path:
-    """Pretraining on another catalog (a FITS path or a synth table), cached by its parameters."""
+def _catalog_pretraining_key(section: PretrainedSection, model: str, suite: Suite, base: Path,
+                             replicate: int) -> tuple[Path | None, dict]:
+    """The catalog file a pretraining reads (None for a synth table, made on demand) and its cache key."""
     image_size = section.image_size or suite.data.image_size
     if section.synth is not None:
-        catalog_file = cached_synth_catalog(section.synth.model_dump(), display.bar if display else None)
-        identity = {"synth": section.synth.model_dump()}
+        catalog_file, identity = None, {"synth": section.synth.model_dump()}
     else:
         catalog_file = Path(section.catalog) if Path(section.catalog).is_absolute() else base / section.catalog
         if not catalog_file.exists():
             raise GalbenchError("pretraining catalog not found", where=str(catalog_file))
         identity = {"catalog": str(catalog_file.resolve()), "mtime": catalog_file.stat().st_mtime}
     key = {"kind": "catalog", **identity, "model": model, "image_size": image_size, "epochs": section.epochs,
-           "lr": section.lr, "batch_size": section.batch_size}
-    path = cache_dir("pretrain") / f"catalog-{content_hash(key)}.pt"
+           "lr": section.lr, "batch_size": section.batch_size, **({"seed": replicate} if replicate else {})}
+    return catalog_file, key
+
+
+def ensure_catalog_pretraining(section: PretrainedSection, model: str, suite: Suite, base: Path,
+                               device: torch.device, display=None, replicate: int = 0) -> Path:
+    """Pretraining on another catalog (a FITS path or a synth table), cached by its parameters."""
+    catalog_file, key = _catalog_pretraining_key(section, model, suite, base, replicate)
+    path = _cached("catalog", key)
     if not path.exists():
+        if catalog_file is None:
+            catalog_file = cached_synth_catalog(section.synth.model_dump(), display.bar if display else None)
         catalog = read_catalog(catalog_file)
         source = {"kind": "catalog", "name": section.name, "catalog": str(catalog_file), **key}
-        pretrain_on_catalog(catalog, path, model, image_size, section.epochs, section.lr, section.batch_size,
-                            device, source, display=display)
+        pretrain_on_catalog(catalog, path, model, key["image_size"], section.epochs, section.lr, section.batch_size,
+                            device, source, seed=replicate, display=display)
     return path

@@ -1,8 +1,13 @@
 """`galbench run`: a suite file in, a run directory out (resolved suite, event logs, checkpoints, results).
 
-suite TOML -> validated Suite -> data (catalog or cached synth) -> split -> runs (variant x seed) ->
-per-run event logs -> results.json / results.csv. Every stage reads the previous stage's files, so
-`galbench report RUN_DIR` can redo the tables without retraining.
+suite TOML -> validated Suite -> data (catalog or cached synth) -> split (one, or one per seed) -> nested
+training subsets (`train_sizes`) -> runs (variant x size x seed) -> per-run event logs -> results.json /
+results.csv. Every stage reads the previous stage's files, so `galbench report RUN_DIR` can redo the
+tables without retraining.
+
+Runs execute seed by seed: every arm at the first seed (and, inside a seed, size by size from the
+smallest), then the next seed, with the order of the arms rotated by one at each seed. Drift in the
+machine's load or clock over a suite then falls on all arms alike instead of lining up with one of them.
 """
 
 from __future__ import annotations
@@ -12,24 +17,29 @@ import io
 import json
 import os
 import platform
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from galbench import __version__
 from galbench.data.catalog import Catalog, read_catalog
 from galbench.data.synth import cached_synth_catalog
-from galbench.data.tensors import SplitImages, map_classes, stratified_split
+from galbench.data.tensors import SplitImages, map_classes, stratified_split, train_subset
 from galbench.errors import GalbenchError
+from galbench.experiment.pretrain import pretraining_path
 from galbench.experiment.suite import Suite
 from galbench.experiment.train import RunSpec, resolve_device, resolve_precision
 from galbench.fileio import write_json_atomic, write_text_atomic
 
+SUBSET_STREAM = 7_919  # the training subsets' own random stream beside the split's
+
 
 @dataclass
 class PreparedData:
-    """A suite's data after class mapping and splitting, on the training device."""
+    """One split of a suite's data (train, validation, test) on the training device."""
 
     classes: list[str]
     train: SplitImages
@@ -50,16 +60,92 @@ def catalog_path(suite: Suite, base: Path, progress_factory=None) -> Path:
     return path
 
 
-def prepare_data(suite: Suite, path: Path, device: torch.device) -> PreparedData:
-    """Read the catalog, map its classes, split it and put the splits on the device."""
-    catalog = read_catalog(path)
-    classes, labels = map_classes(catalog, suite.data.classes, suite.data.ttype_bins)
-    split_cfg = suite.data.split
-    rows = stratified_split(labels, (split_cfg.train, split_cfg.val, split_cfg.test), split_cfg.seed)
-    budget = suite.data.memory_budget_mb * 2**20
-    splits = {name: SplitImages.build(catalog.images, index, labels, suite.data.crop, suite.data.image_size,
-                                      device, budget) for name, index in rows.items()}
-    return PreparedData(classes, splits["train"], splits["val"], splits["test"], catalog)
+@dataclass
+class SplitPlan:
+    """The rows of one split and, by size label, the positions (within its training rows) of each subset."""
+
+    seed: int | list[int]  # what the split was drawn with
+    rows: dict[str, np.ndarray]
+    subsets: dict[str, np.ndarray]
+
+
+def plan_splits(suite: Suite, labels: np.ndarray) -> dict[int | None, SplitPlan]:
+    """Every split a suite needs, by key: None for the one shared split, else each run seed.
+
+    The shared split is drawn with `data.split.seed`, a per-seed split with [split seed, run seed]; the
+    training subsets of a split with that seed list plus SUBSET_STREAM, so every arm at a given seed and
+    size trains on the same galaxies and smaller subsets lie inside larger ones.
+    """
+    cfg = suite.data.split
+    plans = {}
+    for key in suite.suite.seeds if cfg.per_seed else [None]:
+        seed = cfg.seed if key is None else [cfg.seed, key]
+        rows = stratified_split(labels, (cfg.train, cfg.val, cfg.test), seed)
+        train_labels = labels[rows["train"]]
+        subset_seed = [*np.atleast_1d(seed).tolist(), SUBSET_STREAM]
+        subsets = {suite.suite.size_label(size): train_subset(train_labels, size, suite.suite.per_class, subset_seed)
+                   for size in suite.train_size_list() if size is not None}
+        plans[key] = SplitPlan(seed, rows, subsets)
+    return plans
+
+
+class SuiteData:
+    """A suite's catalog, classes and split plans; a split's images are prepared on the device when first asked.
+
+    Only the most recently used split is kept on the device: runs execute seed by seed, so per-seed
+    splits are prepared once each without all of them filling the device together.
+    """
+
+    def __init__(self, suite: Suite, path: Path, device: torch.device):
+        self.suite, self.device = suite, device
+        self.catalog = read_catalog(path)
+        self.classes, self.labels = map_classes(self.catalog, suite.data.classes, suite.data.ttype_bins)
+        self.plans = plan_splits(suite, self.labels)
+        self._prepared: tuple[int | None, PreparedData] | None = None
+
+    def split_key(self, seed: int) -> int | None:
+        """Which split a run seed uses."""
+        return seed if self.suite.data.split.per_seed else None
+
+    def prepared(self, key: int | None) -> PreparedData:
+        """The split `key`'s images on the device."""
+        if self._prepared is None or self._prepared[0] != key:
+            self._prepared = None  # release the previous split before preparing the next
+            budget = self.suite.data.memory_budget_mb * 2**20
+            splits = {name: SplitImages.build(self.catalog.images, index, self.labels, self.suite.data.crop,
+                                              self.suite.data.image_size, self.device, budget)
+                      for name, index in self.plans[key].rows.items()}
+            self._prepared = key, PreparedData(self.classes, splits["train"], splits["val"], splits["test"],
+                                               self.catalog)
+        return self._prepared[1]
+
+    def subset_positions(self, key: int | None, size_label: str | None) -> np.ndarray | None:
+        """Positions within split `key`'s training set of the subset `size_label` (None: all of it)."""
+        return None if size_label is None else self.plans[key].subsets[size_label]
+
+    def for_run(self, key: int | None, size_label: str | None) -> tuple[SplitImages, SplitImages, SplitImages]:
+        """The train (subset), validation and test splits of one run."""
+        data = self.prepared(key)
+        positions = self.subset_positions(key, size_label)
+        return data.train if positions is None else data.train.subset(positions), data.val, data.test
+
+    def record(self) -> dict:
+        """What split.json holds: the classes and, per split, its seed, rows and training subsets."""
+        def one(plan: SplitPlan) -> dict:
+            train = plan.rows["train"]
+            return {"seed": plan.seed, **{name: rows.tolist() for name, rows in plan.rows.items()},
+                    "train_sizes": {label: {"count": int(positions.size), "rows": train[positions].tolist()}
+                                    for label, positions in plan.subsets.items()}}
+
+        record = {"classes": self.classes, "per_seed": self.suite.data.split.per_seed,
+                  "per_class": self.suite.suite.per_class}
+        if self.suite.data.split.per_seed:
+            return {**record, "seeds": {str(key): one(plan) for key, plan in self.plans.items()}}
+        return {**record, **one(self.plans[None])}
+
+    def sample_images(self, count: int) -> np.ndarray:
+        """The first validation images of the first split (what exported models are parity-checked on)."""
+        return self.catalog.images[next(iter(self.plans.values())).rows["val"][:count]]
 
 
 def cpu_name() -> str:
@@ -87,57 +173,94 @@ def default_out_dir(suite: Suite) -> Path:
     return Path("reports") / suite.suite.name / suite.identity()
 
 
+def run_order(variants: list[str], sizes: list, seeds: list[int]) -> list[tuple[str, object, int]]:
+    """(variant, size, seed) in execution order: seed-major, sizes ascending inside a seed, arms rotated per seed."""
+    order = []
+    for position, seed in enumerate(seeds):
+        shift = position % len(variants)
+        arms = variants[shift:] + variants[:shift]
+        order += [(variant, size, seed) for size in sizes for variant in arms]
+    return order
+
+
+def run_name(variant: str, size_label: str | None, seed: int) -> str:
+    """The run directory's name: `<variant>__seed<k>`, or `<variant>__n<size>__seed<k>` with train sizes."""
+    return f"{variant}__seed{seed}" if size_label is None else f"{variant}__n{size_label}__seed{seed}"
+
+
+def plan_jobs(suite: Suite, base: Path, out: Path, classes: list[str], device_override: str | None,
+              split_key) -> list:
+    """Every run of the suite as a job, in execution order (see `run_order`)."""
+    from galbench.experiment.executors import RunJob
+
+    variants = {v.name: v for v in suite.variant}
+    seed_position = {seed: k for k, seed in enumerate(suite.suite.seeds)}
+    jobs = []
+    for name, size, seed in run_order(list(variants), suite.train_size_list(), suite.suite.seeds):
+        variant = variants[name]
+        train_cfg = suite.train_for(variant)
+        if device_override:
+            train_cfg = train_cfg.model_copy(update={"device": device_override})
+        replicate = seed_position[seed] % suite.replicates_for(variant)  # round-robin over the seeds
+        pretrain = pretraining_path(variant, suite, base, replicate)
+        label = suite.suite.size_label(size)
+        meta = {"suite": suite.suite.name, "run": run_name(name, label, seed), "train_size_label": label,
+                "replicate": replicate if pretrain else None, "pretrain_id": pretrain.stem if pretrain else None}
+        spec = RunSpec(variant=name, seed=seed, model=variant.model, classes=classes, train=train_cfg,
+                       augment=suite.data.augment, image_size=suite.data.image_size, crop=suite.data.crop,
+                       thresholds=suite.suite.thresholds, finetune=variant.finetune, init=variant.init, meta=meta,
+                       threshold_metric=suite.suite.threshold_metric)
+        jobs.append(RunJob(spec, out / "runs" / meta["run"], (name, replicate), split_key(seed), label))
+    return jobs
+
+
 def run_suite(suite: Suite, base: Path, out: Path | None = None, device_override: str | None = None,
               display=None, executor=None) -> tuple[Path, list[dict]]:
-    """Train every (variant, seed) run of a suite, skipping finished runs; returns the run dir and results."""
-    from galbench.experiment.executors import RunJob, make_executor
+    """Train every (variant, size, seed) run of a suite, skipping finished runs; returns the run dir and results.
+
+    Results are listed in the suite's order (variant, then size, then seed), whatever order the runs executed in.
+    """
+    from galbench.experiment.executors import make_executor
 
     out = Path(out) if out else default_out_dir(suite)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device_override or suite.train.device)
     progress_factory = display.bar if display else None
     path = catalog_path(suite, base, progress_factory)
-    data = prepare_data(suite, path, device)
+    data = SuiteData(suite, path, device)
     precision = resolve_precision(suite.train.precision, device)
     write_json_atomic(out / "suite.resolved.json", {**suite.model_dump(), "catalog_path": str(path),
-                                                    "baseline": suite.baseline})
+                                                    "baseline": suite.baseline,
+                                                    "primary_endpoint": suite.primary_endpoint()})
     write_json_atomic(out / "environment.json", environment(device, precision))
-    write_json_atomic(out / "split.json", {"classes": data.classes, "train": data.train.rows, "val": data.val.rows,
-                                           "test": data.test.rows})
+    write_json_atomic(out / "split.json", data.record())
     if executor is None:
         cfg = suite.executor
         executor = make_executor(cfg.kind, cfg.address, cfg.cpus_per_run, cfg.gpus_per_run, cfg.max_retries)
+    jobs = plan_jobs(suite, base, out, data.classes, device_override, data.split_key)
     # every init is resolved (files read, pretraining started) before the first run trains
     inits = executor.resolve_inits(suite, base, device, display)
-    # runs that share one pretraining (same init, model and fractal parameters) share its cost
-    init_keys = {v.name: (v.init, v.model, v.fractal) for v in suite.variant}
-    shared_by = {v.name: len(suite.suite.seeds) * list(init_keys.values()).count(init_keys[v.name])
-                 for v in suite.variant}
-    jobs = []
-    for variant in suite.variant:
-        train_cfg = suite.train_for(variant)
-        if device_override:
-            train_cfg = train_cfg.model_copy(update={"device": device_override})
-        for seed in suite.suite.seeds:
-            spec = RunSpec(variant=variant.name, seed=seed, model=variant.model, classes=data.classes,
-                           train=train_cfg, augment=suite.data.augment, image_size=suite.data.image_size,
-                           crop=suite.data.crop, thresholds=suite.suite.thresholds, finetune=variant.finetune,
-                           init=variant.init, meta={"suite": suite.suite.name})
-            jobs.append(RunJob(spec, out / "runs" / f"{variant.name}__seed{seed}", variant.name))
+    shared_by = Counter(job.spec.meta["pretrain_id"] for job in jobs)
+    listed = [run_name(v.name, suite.suite.size_label(size), seed) for v in suite.variant
+              for size in suite.train_size_list() for seed in suite.suite.seeds]
     results: dict[str, dict] = {}
 
-    def on_result(job: RunJob, result: dict) -> None:
+    def on_result(job, result: dict) -> None:
+        for key in ("run", "train_size_label", "replicate", "pretrain_id"):  # older event logs lack them
+            if result.get(key) is None:
+                result[key] = job.spec.meta[key]
+        # the full cost of the pretraining this run started from, never divided among the runs sharing it
         result["pretrain_cost"] = _pretrain_cost(executor, inits[job.init_key])
-        result["pretrain_shared_by"] = shared_by[job.spec.variant] if result["pretrain_cost"] else 0
+        result["pretrain_shared_by"] = shared_by[result["pretrain_id"]] if result["pretrain_id"] else 0
         retries = job.run_dir / "retries.json"
         result["retries"] = json.loads(retries.read_text())["retries"] if retries.exists() else 0
         results[job.run_dir.name] = result
-        write_results(out, [results[j.run_dir.name] for j in jobs if j.run_dir.name in results])
+        write_results(out, [results[name] for name in listed if name in results])
 
     if display:
         display.start_runs(len(jobs))
     executor.run(jobs, inits, data, display, on_result)
-    ordered = [results[job.run_dir.name] for job in jobs]
+    ordered = [results[name] for name in listed]
     export_winners(out, ordered, data)
     return out, ordered
 
@@ -148,34 +271,43 @@ def _pretrain_cost(executor, init) -> dict:
     return value[1]
 
 
-def export_winners(out: Path, results: list[dict], data: PreparedData) -> dict[str, Path]:
-    """Export each variant's best run (best validation accuracy) and the overall winner to ONNX."""
+def export_winners(out: Path, results: list[dict], data: SuiteData) -> dict[str, Path]:
+    """Export each variant's best run and the overall winner to ONNX, both chosen on validation accuracy.
+
+    The metadata quotes the chosen run's own best validation accuracy (optimistic: it is what chose the
+    run) and its test accuracy (the honest figure). exports.json records both and the export's metadata.
+    """
     from galbench.inference.export import export_onnx
 
     finished = [r for r in results if r["finished"]]
     if not finished:
         return {}
-    sample = data.catalog.images[data.val.rows[:256]]
-    exported = {}
+    sample = data.sample_images(256)
     best_by_variant = {}
     for result in finished:
         current = best_by_variant.get(result["variant"])
         if current is None or result["best_val_accuracy"] > current["best_val_accuracy"]:
             best_by_variant[result["variant"]] = result
     winner = max(best_by_variant.values(), key=lambda r: r["best_val_accuracy"])
+    exported, record = {}, {}
     for name, result in [*best_by_variant.items(), ("winner", winner)]:
-        checkpoint = out / "runs" / f"{result['variant']}__seed{result['seed']}" / "best.pt"
         target = out / "export" / f"{name}.onnx"
-        export_onnx(checkpoint, target, sample, {"run": out.name, "best_val_accuracy": result["best_val_accuracy"]})
+        meta = export_onnx(out / "runs" / result["run"] / "best.pt", target, sample,
+                           {"run": out.name, "run_name": result["run"],
+                            "best_val_accuracy": result["best_val_accuracy"],
+                            "test_accuracy": result["test_accuracy"]})
         exported[name] = target
-    write_json_atomic(out / "export" / "exports.json",
-                      {name: {"variant": r["variant"], "seed": r["seed"], "best_val_accuracy": r["best_val_accuracy"]}
-                       for name, r in [*best_by_variant.items(), ("winner", winner)]})
+        record[name] = {"variant": result["variant"], "seed": result["seed"], "run": result["run"],
+                        "train_size_label": result.get("train_size_label"),
+                        "best_val_accuracy": result["best_val_accuracy"], "test_accuracy": result["test_accuracy"],
+                        "meta": meta}
+    write_json_atomic(out / "export" / "exports.json", record)
     return exported
 
 
-RESULT_COLUMNS = ("variant", "seed", "model", "init", "finished", "best_val_accuracy", "final_val_accuracy",
-                  "test_accuracy")
+RESULT_COLUMNS = ("variant", "seed", "train_size_label", "train_size", "replicate", "pretrain_id", "model", "init",
+                  "finished", "shared_gpu", "best_val_accuracy", "final_val_accuracy", "test_accuracy",
+                  "test_balanced_accuracy")
 
 
 def write_results(out: Path, results: list[dict]) -> None:
@@ -183,10 +315,11 @@ def write_results(out: Path, results: list[dict]) -> None:
     write_json_atomic(out / "results.json", {"runs": results})
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    cost_fields = ("epochs", "samples", "train_flops", "device_seconds", "energy_joules", "wall_seconds")
+    cost_fields = ("epochs", "samples", "train_flops", "eval_flops", "device_seconds", "eval_device_seconds",
+                   "energy_joules", "wall_seconds")
     writer.writerow([*RESULT_COLUMNS, "threshold", "reached", *cost_fields])
     for result in results:
         for threshold, cost in result["thresholds"].items():
-            writer.writerow([result[c] for c in RESULT_COLUMNS] + [threshold, cost["reached"]]
+            writer.writerow([result.get(c) for c in RESULT_COLUMNS] + [threshold, cost["reached"]]
                             + [cost.get(f) for f in cost_fields])
     write_text_atomic(out / "results.csv", buffer.getvalue())

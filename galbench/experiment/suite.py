@@ -35,7 +35,11 @@ class SuiteSection(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seeds: int | list[int] = 3
     thresholds: list[Annotated[float, Field(gt=0, le=1)]] = [0.7, 0.8, 0.85, 0.9]
+    threshold_metric: Literal["accuracy", "balanced_accuracy"] = "accuracy"  # the validation metric they are about
     baseline: str | None = None
+    # label efficiency: every (variant, size, seed) is a run on a nested stratified subset of the training split
+    train_sizes: list[Annotated[int, Field(ge=1)] | Literal["all"]] | None = None
+    per_class: bool = False  # train_sizes count galaxies per class rather than in total
 
     @field_validator("seeds")
     @classmethod
@@ -53,6 +57,27 @@ class SuiteSection(_Strict):
     def _sorted(cls, value):
         return sorted(set(value))
 
+    @field_validator("train_sizes")
+    @classmethod
+    def _sizes(cls, value):
+        if value is None:
+            return value
+        if not value or len(set(value)) != len(value):
+            raise ValueError("train_sizes must be a non-empty list without repeats")
+        return sorted(size for size in value if size != "all") + ["all"] * ("all" in value)
+
+    @model_validator(mode="after")
+    def _per_class(self):
+        if self.per_class and self.train_sizes is None:
+            raise ValueError("per_class = true needs suite.train_sizes")
+        return self
+
+    def size_label(self, size: int | str | None) -> str | None:
+        """How a train size is named in run directories and results: `300`, `all`, `30-per-class`."""
+        if size is None or size == "all":
+            return size
+        return f"{size}-per-class" if self.per_class else str(size)
+
 
 class SynthSection(_Strict):
     n: int = Field(2000, ge=10)
@@ -66,7 +91,8 @@ class SplitSection(_Strict):
     train: Fraction = 0.7
     val: Fraction = 0.15
     test: Fraction = 0.15
-    seed: int = 0
+    seed: int = Field(0, ge=0)
+    per_seed: bool = False  # each run seed its own split (the same for every arm at that seed)
 
     @model_validator(mode="after")
     def _sum(self):
@@ -102,21 +128,67 @@ class DataSection(_Strict):
         return _exactly_one_source(self, "give exactly one of data.catalog (a FITS path) or a [data.synth] table")
 
 
+BUDGET_KEYS, GRID_KEYS = ("epochs", "steps"), ("evals_per_epoch", "evals")
+DEFAULT_EPOCHS, DEFAULT_EVALS_PER_EPOCH, DEFAULT_EVALS = 10, 1, 10
+
+
 class TrainSection(_Strict):
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.01, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    schedule: Literal["constant", "cosine", "step", "onecycle"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0)
     batch_size: int = Field(64, ge=1)
-    epochs: int = Field(10, ge=1)
-    evals_per_epoch: int = Field(1, ge=1, le=100)
+    # the budget: epochs over the run's training set, or optimizer steps (default: 10 epochs)
+    epochs: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1)
+    # the evaluation grid: per epoch, or per run spread evenly over its steps
+    # (default: 1 per epoch with an epochs budget, 10 per run with a steps budget)
+    evals_per_epoch: int | None = Field(None, ge=1, le=100)
+    evals: int | None = Field(None, ge=1, le=1000)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     compile: bool = False
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: Literal["none", "balanced"] = "none"  # balanced: cross-entropy weighted by 1 / class frequency
+    sampler: Literal["shuffle", "balanced"] = "shuffle"  # balanced: classes drawn equally often, with replacement
+
+    @model_validator(mode="after")
+    def _budget(self):
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError("give epochs or steps, not both")
+        if self.evals_per_epoch is not None and self.evals is not None:
+            raise ValueError("give evals_per_epoch or evals, not both")
+        if self.steps is not None and self.evals_per_epoch is not None:
+            raise ValueError("evals_per_epoch needs an epochs budget; with steps give evals (evaluations per run)")
+        if self.schedule == "onecycle" and self.warmup_epochs:
+            raise ValueError("schedule onecycle warms up by itself (the first 30% of the steps); "
+                             "set warmup_epochs = 0")
+        return self
+
+    def budget(self) -> dict:
+        """The budget and evaluation grid with defaults filled in: what makes two arms' time axes comparable."""
+        if self.steps is not None:
+            return {"steps": self.steps, "evals": self.evals or DEFAULT_EVALS}
+        epochs = self.epochs or DEFAULT_EPOCHS
+        if self.evals is not None:
+            return {"epochs": epochs, "evals": self.evals}
+        return {"epochs": epochs, "evals_per_epoch": self.evals_per_epoch or DEFAULT_EVALS_PER_EPOCH}
+
+
+def _budget_text(budget: dict) -> str:
+    return ", ".join(f"{key} = {value}" for key, value in budget.items())
+
+
+def merged_train(base: dict, overrides: dict) -> dict:
+    """A [train] table with overrides applied; an override of the budget or the grid replaces the base's."""
+    merged = dict(base)
+    for keys in (BUDGET_KEYS, GRID_KEYS):
+        if any(key in overrides for key in keys):
+            merged.update(dict.fromkeys(keys))
+    return {**merged, **overrides}
 
 
 class FractalSection(_Strict):
@@ -127,6 +199,7 @@ class FractalSection(_Strict):
     epochs: int = Field(8, ge=1)
     lr: float = Field(0.001, gt=0)  # AdamW
     batch_size: int = Field(128, ge=1)
+    replicates: int = Field(1, ge=1)  # independent pretrainings (fractal sets and training seeds seed, seed + 1, ...)
 
 
 class PretrainedSection(_Strict):
@@ -139,6 +212,7 @@ class PretrainedSection(_Strict):
     epochs: int = Field(8, ge=1)
     lr: float = Field(0.001, gt=0)  # AdamW
     batch_size: int = Field(128, ge=1)
+    replicates: int = Field(1, ge=1)  # independent pretrainings on the same catalog (training seeds 0, 1, ...)
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -165,6 +239,18 @@ class Variant(_Strict):
         return value
 
 
+COSTS_TO = {"epochs": "epochs", "samples": "samples", "flops": "train_flops", "device_seconds": "device_seconds"}
+
+
+class AnalysisSection(_Strict):
+    """What the statistics test first and how: the primary endpoint, the error rate, an equivalence margin."""
+
+    primary: str = "test_accuracy"  # test_accuracy | test_balanced_accuracy | <cost>_to:<threshold>
+    alpha: float = Field(0.05, gt=0, lt=1)
+    equivalence: float | None = Field(None, gt=0, lt=1)  # an accuracy margin within which arms count as equal
+    allow_unequal_budgets: bool = False  # compare time to threshold across arms with different budgets or grids
+
+
 class ExecutorSection(_Strict):
     kind: Literal["local", "ray"] = "local"
     address: str | None = None  # Ray: auto, ray://HOST:PORT, or none for a Ray started here
@@ -178,6 +264,7 @@ class Suite(_Strict):
     data: DataSection
     train: TrainSection = TrainSection()
     executor: ExecutorSection = ExecutorSection()
+    analysis: AnalysisSection = AnalysisSection()
     variant: list[Variant] = Field(min_length=1)
     pretrained: list[PretrainedSection] = []
 
@@ -193,11 +280,66 @@ class Suite(_Strict):
                                  f"{variant.init.split(':', 1)[1]!r}")
         if self.suite.baseline is not None and self.suite.baseline not in names:
             raise ValueError(f"baseline {self.suite.baseline!r} is not a variant name ({', '.join(names)})")
+        self.primary_endpoint()
+        self._check_budgets()
+        for variant in self.variant:
+            if self.replicates_for(variant) > len(self.suite.seeds):
+                raise ValueError(f"variant {variant.name!r}: {self.replicates_for(variant)} pretraining replicates "
+                                 f"for {len(self.suite.seeds)} seeds would leave some unused")
         return self
+
+    def _check_budgets(self) -> None:
+        """Arms with different budgets or evaluation grids have time axes that do not line up: refuse them."""
+        if self.analysis.allow_unequal_budgets:
+            return
+        budgets = {}
+        for variant in self.variant:
+            try:
+                budgets[variant.name] = self.train_for(variant).budget()
+            except ValidationError:
+                continue  # load_suite names the bad override
+        first, *others = budgets or [None]
+        for name in others:
+            if budgets[name] != budgets[first]:
+                raise ValueError(f"variants {first!r} ({_budget_text(budgets[first])}) and {name!r} "
+                                 f"({_budget_text(budgets[name])}) have different budgets or evaluation grids, so their "
+                                 "times to threshold do not line up; give every arm the same budget, or set "
+                                 "analysis.allow_unequal_budgets = true")
+
+    def primary_endpoint(self) -> dict:
+        """The parsed `analysis.primary`: an accuracy, or a cost to reach one of the suite's thresholds."""
+        primary = self.analysis.primary
+        if primary in ("test_accuracy", "test_balanced_accuracy"):
+            return {"kind": "accuracy", "metric": primary}
+        cost, sep, threshold = primary.partition("_to:")
+        choices = ", ".join(f"{c}_to:<threshold>" for c in COSTS_TO)
+        if not sep or cost not in COSTS_TO:
+            raise ValueError(f"analysis.primary {primary!r}: use test_accuracy, test_balanced_accuracy or {choices}")
+        try:
+            value = float(threshold)
+        except ValueError:
+            value = None
+        if value not in self.suite.thresholds:
+            raise ValueError(f"analysis.primary {primary!r}: the threshold must be one of suite.thresholds "
+                             f"({', '.join(f'{t:g}' for t in self.suite.thresholds)})")
+        return {"kind": "cost_to_threshold", "cost": COSTS_TO[cost], "threshold": value}
 
     def train_for(self, variant: Variant) -> TrainSection:
         """The [train] section with the variant's overrides applied (validated)."""
-        return TrainSection.model_validate({**self.train.model_dump(), **variant.train})
+        return TrainSection.model_validate(merged_train(self.train.model_dump(), variant.train))
+
+    def replicates_for(self, variant: Variant) -> int:
+        """How many independent pretrainings a variant's runs start from (1 where the init is not one)."""
+        kind, _, name = variant.init.partition(":")
+        if kind == "fractal":
+            return (variant.fractal or FractalSection()).replicates
+        if kind == "pretrained":
+            return next((p.replicates for p in self.pretrained if p.name == name), 1)
+        return 1
+
+    def train_size_list(self) -> list[int | str | None]:
+        """The train sizes to run (`[None]`, meaning the whole training split, without `suite.train_sizes`)."""
+        return list(self.suite.train_sizes) if self.suite.train_sizes else [None]
 
     @property
     def baseline(self) -> str:
@@ -207,10 +349,30 @@ class Suite(_Strict):
         return next((v.name for v in self.variant if v.init == "scratch"), self.variant[0].name)
 
     def identity(self) -> str:
-        """A hash of everything that changes results, except the seed list (so adding seeds resumes)."""
+        """A hash of everything that changes results, except the seed list (so adding seeds resumes).
+
+        Keys newer than galbench 0.2.0 are left out while they hold the value that does what 0.2.0 did,
+        so a suite's run directory keeps its name across the upgrade and its runs resume there.
+        """
         resolved = self.model_dump()
         resolved["suite"].pop("seeds")
         resolved.pop("executor")  # where runs execute does not change what they compute
+        resolved.pop("analysis")  # nor how their results are tested
+        train = resolved["train"]
+        if train["steps"] is None:  # 0.2.0 wrote its defaults out
+            train["epochs"] = train["epochs"] or DEFAULT_EPOCHS
+            if train["evals"] is None:
+                train["evals_per_epoch"] = train["evals_per_epoch"] or DEFAULT_EVALS_PER_EPOCH
+        # keys added since, at the values that do what 0.2.0 did
+        as_before = [(resolved["suite"], {"threshold_metric": "accuracy", "train_sizes": None, "per_class": False}),
+                     (resolved["data"]["split"], {"per_seed": False}),
+                     (train, {"steps": None, "evals": None, "class_weights": "none", "sampler": "shuffle"}),
+                     *((table, {"replicates": 1}) for table in resolved["pretrained"]),
+                     *((v["fractal"], {"replicates": 1}) for v in resolved["variant"] if v["fractal"])]
+        for table, values in as_before:
+            for key, value in values.items():
+                if table[key] == value:
+                    del table[key]
         return content_hash(resolved)
 
 
@@ -276,6 +438,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise GalbenchError(f"--set {text!r}: {part!r} is not a table")
+        if len(path) > 1 and path[-2] == "train":  # a budget or grid on the command line replaces the file's
+            for keys in (BUDGET_KEYS, GRID_KEYS):
+                if path[-1] in keys:
+                    for key in keys:
+                        node.pop(key, None)
         node[path[-1]] = value
     return raw
 
@@ -301,9 +468,10 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> tuple[Su
             suite.train_for(variant)
         except ValidationError as exc:
             first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
+            loc = ".".join(str(p) for p in ("train", *first["loc"]))
             if first["type"] == "extra_forbidden":
-                raise GalbenchError(f"unknown key 'variant.{variant.name}.train.{loc}'", where=str(path),
-                                    fix=_nearest(loc, TrainSection.model_fields)) from None
-            raise GalbenchError(f"'variant.{variant.name}.train.{loc}': {first['msg']}", where=str(path)) from None
+                raise GalbenchError(f"unknown key 'variant.{variant.name}.{loc}'", where=str(path),
+                                    fix=_nearest(str(first["loc"][-1]), TrainSection.model_fields)) from None
+            message = first["msg"].removeprefix("Value error, ")
+            raise GalbenchError(f"'variant.{variant.name}.{loc}': {message}", where=str(path)) from None
     return suite, path.resolve().parent

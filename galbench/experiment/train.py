@@ -1,10 +1,11 @@
 """One training run (a variant and a seed): the loop, evaluation, the event log, checkpoints and resume.
 
-The loop is plain to see: `train_one_epoch`, `evaluate`, `run`. Each run writes an append-only JSON-lines
-event log (run_start, eval, threshold_reached, run_stop) and checkpoints `last.pt` at every epoch's end.
-A rerun skips a finished run and resumes an interrupted one from `last.pt`, first cutting the log back to
-what that checkpoint had seen, so at most the current epoch is lost and, on the CPU, the resumed run's
-results equal an uninterrupted run's.
+The loop is plain to see: `train_one_epoch`, `evaluate`, `run`. A run's budget is `epochs` over its
+training set or a number of optimizer `steps`; it evaluates `evals_per_epoch` times an epoch or `evals`
+times in all. Each run writes an append-only JSON-lines event log (run_start, eval, threshold_reached,
+run_stop) and checkpoints `last.pt` at the end of every epoch that evaluated. A rerun skips a finished
+run and resumes an interrupted one from `last.pt`, first cutting the log back to what that checkpoint had
+seen, so little is lost and, on the CPU, the resumed run's results equal an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from galbench.data.tensors import Normalizer, SplitImages, augment
+from galbench.data.tensors import Normalizer, SplitImages, augment, balanced_class_weights, balanced_order
 from galbench.errors import GalbenchError
 from galbench.experiment.accounting import (
     Costs,
@@ -54,7 +56,9 @@ class RunSpec:
     finetune: str = "all"
     init_state: dict[str, torch.Tensor] | None = None
     init: str = "scratch"
-    meta: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)  # logged in run_start and carried in checkpoints
+    threshold_metric: str = "accuracy"  # the validation metric the thresholds are about: accuracy | balanced_accuracy
+    shared_gpu: bool = False  # a fraction of a GPU (Ray): the card's energy counter is not this run's
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -83,18 +87,58 @@ def autocast_context(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def lr_at(step: int, steps_per_epoch: int, cfg: TrainSection) -> float:
-    """Learning rate at a global step: linear warm-up, then constant, cosine or step decay."""
-    total = cfg.epochs * steps_per_epoch
+def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainSection) -> float:
+    """Learning rate at a global step: linear warm-up, then constant, cosine or step decay; or one cycle."""
+    if cfg.schedule == "onecycle":
+        return one_cycle_lr(step, total_steps, cfg.lr)
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
+    progress = (step - warmup) / max(1, total_steps - warmup)
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
     if cfg.schedule == "step":  # divide by 10 at 1/2 and 3/4 of training
         return cfg.lr * (0.1 ** ((progress >= 0.5) + (progress >= 0.75)))
     return cfg.lr
+
+
+def one_cycle_lr(step: int, total_steps: int, max_lr: float, pct_start: float = 0.3, div_factor: float = 25.0,
+                 final_div_factor: float = 1e4) -> float:
+    """torch.optim.lr_scheduler.OneCycleLR's learning rate (two phases, cosine) with its defaults.
+
+    From max_lr / div_factor up to max_lr over the first pct_start of the steps, then down to
+    max_lr / div_factor / final_div_factor. Momentum is not cycled.
+    """
+    initial = max_lr / div_factor
+    peak_step = float(pct_start * total_steps) - 1  # torch's end of the first phase
+    if step <= peak_step:
+        pct, start_lr, end_lr = step / peak_step, initial, max_lr
+    else:
+        pct, start_lr, end_lr = (step - peak_step) / (total_steps - 1 - peak_step), max_lr, initial / final_div_factor
+    return end_lr + (start_lr - end_lr) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+
+def total_steps(cfg: TrainSection, steps_per_epoch: int) -> int:
+    """The run's optimizer steps: `steps`, or `epochs` passes over its training set."""
+    budget = cfg.budget()
+    return budget["steps"] if "steps" in budget else budget["epochs"] * steps_per_epoch
+
+
+def eval_steps(cfg: TrainSection, steps_per_epoch: int) -> set[int]:
+    """Global steps after which the run evaluates.
+
+    With `evals_per_epoch`: that many times in each epoch, at evenly spaced steps of the epoch. With
+    `evals`: that many times over the whole run, after steps round(T k / evals), k = 1..evals; the last
+    is always the final step, and the count does not grow with the training set's size.
+    """
+    budget, total = cfg.budget(), total_steps(cfg, steps_per_epoch)
+    if "evals_per_epoch" in budget:
+        per = budget["evals_per_epoch"]
+        within = {round(steps_per_epoch * (k + 1) / per) for k in range(per)}
+        points = {epoch * steps_per_epoch + s for epoch in range(budget["epochs"]) for s in within}
+    else:
+        points = {round(total * (k + 1) / budget["evals"]) for k in range(budget["evals"])}
+    return {step for step in points if 0 < step <= total}
 
 
 def make_optimizer(model: nn.Module, cfg: TrainSection) -> torch.optim.Optimizer:
@@ -136,14 +180,25 @@ class EventLog:
             tmp.write_text("".join(json.dumps(e) + "\n" for e in events))
 
 
+@dataclass
+class Evaluation:
+    """One pass over a split: accuracies exact from counts and rounded once, as every record shows them."""
+
+    accuracy: float
+    balanced_accuracy: float
+    loss: float
+    predicted: torch.Tensor  # on the CPU
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: SplitImages, normalizer: Normalizer, batch_size: int, precision: str,
-             channels_last: bool) -> tuple[float, float, torch.Tensor]:
-    """Accuracy, mean cross-entropy and predicted labels over a split."""
+             channels_last: bool) -> Evaluation:
+    """Accuracy, balanced accuracy, mean cross-entropy and predicted labels over a split."""
     model.eval()
     device = split.device
     loss_sum = torch.zeros((), device=device)
     predictions = []
+    n_classes = 0
     for images, labels in split.batches(batch_size):
         inputs = normalizer(images)
         if channels_last:
@@ -152,9 +207,19 @@ def evaluate(model: nn.Module, split: SplitImages, normalizer: Normalizer, batch
             logits = model(inputs).float()
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
         predictions.append(logits.argmax(1))
-    predicted = torch.cat(predictions)
-    accuracy = (predicted == split.labels).float().mean().item()
-    return accuracy, loss_sum.item() / len(split), predicted.cpu()
+        n_classes = logits.shape[1]
+    predicted = torch.cat(predictions).cpu()
+    accuracy, balanced = accuracy_scores(confusion_matrix(split.labels.cpu().numpy(), predicted.numpy(), n_classes))
+    return Evaluation(accuracy, balanced, loss_sum.item() / len(split), predicted)
+
+
+def accuracy_scores(confusion: np.ndarray) -> tuple[float, float]:
+    """Accuracy and balanced accuracy (mean recall over the classes present), exact from counts, rounded to 6."""
+    support = confusion.sum(1)
+    present = np.flatnonzero(support)
+    accuracy = Fraction(int(np.trace(confusion)), int(support.sum()))
+    balanced = sum(Fraction(int(confusion[c, c]), int(support[c])) for c in present) / len(present)
+    return round(float(accuracy), 6), round(float(balanced), 6)
 
 
 def confusion_matrix(true: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
@@ -210,16 +275,23 @@ class Trainer:
         self.normalizer = Normalizer().to(self.device)
         self.optimizer = make_optimizer(self.model, self.cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
+        weight = None
+        if self.cfg.class_weights == "balanced":
+            weight = torch.as_tensor(balanced_class_weights(train.labels.cpu().numpy(), len(spec.classes)),
+                                     dtype=torch.float32, device=self.device)
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=self.cfg.label_smoothing)
         self.shuffle = torch.Generator().manual_seed(spec.seed)
         self.augment_rng = torch.Generator(device=self.device).manual_seed(spec.seed + 1)
-        self.energy = EnergyMeter(self.device)
+        self.energy = EnergyMeter(self.device, spec.shared_gpu)
         self.watch = Stopwatch(self.device)
         self.costs = Costs(energy_joules=0.0 if self.energy.joules() is not None else None)
         self.epoch = 0
+        self.step = 0  # optimizer steps taken
         self.best = {"val_accuracy": -1.0, "epoch": 0.0}
         self.reached: set[float] = set()
         self.steps_per_epoch = math.ceil(len(train) / self.cfg.batch_size)
+        self.total_steps = total_steps(self.cfg, self.steps_per_epoch)
+        self.eval_steps = eval_steps(self.cfg, self.steps_per_epoch)
 
     # --- persistence ---------------------------------------------------------------------------------
     def save_last(self) -> None:
@@ -228,7 +300,7 @@ class Trainer:
                "torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        checkpoint.update(optimizer=self.optimizer.state_dict(), rng=rng, epoch=self.epoch,
+        checkpoint.update(optimizer=self.optimizer.state_dict(), rng=rng, epoch=self.epoch, step=self.step,
                           events_logged=len(self.log.read()), costs=self.costs.as_dict(), best=self.best,
                           reached=sorted(self.reached))
         save_checkpoint(checkpoint, self.run_dir / "last.pt")
@@ -242,6 +314,7 @@ class Trainer:
         if "cuda" in checkpoint["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], self.device)
         self.epoch = checkpoint["epoch"]
+        self.step = checkpoint.get("step", self.epoch * self.steps_per_epoch)  # older checkpoints: whole epochs
         self.costs = Costs(**checkpoint["costs"])
         self.best = dict(checkpoint["best"])
         self.reached = set(checkpoint["reached"])
@@ -253,11 +326,16 @@ class Trainer:
         self.energy_start, self.energy_base = self.energy.joules() or 0.0, self.costs.energy_joules or 0.0
         self.session_wall_start, self.wall_base = time.perf_counter(), self.costs.wall_seconds
 
+    @property
+    def done(self) -> bool:
+        """Whether the budget is spent."""
+        return self.step >= self.total_steps
+
     def _eval_point(self, step_in_epoch: int) -> None:
         spec, costs = self.spec, self.costs
         start = self.watch.now()
-        accuracy, loss, _ = evaluate(self.step_model, self.val_split, self.normalizer, max(self.cfg.batch_size, 256),
-                                     self.precision, self.cfg.channels_last)
+        result = evaluate(self.step_model, self.val_split, self.normalizer, max(self.cfg.batch_size, 256),
+                          self.precision, self.cfg.channels_last)
         costs.eval_device_seconds += self.watch.now() - start
         costs.eval_flops += self.eval_flops * len(self.val_split)
         joules = self.energy.joules()
@@ -265,31 +343,40 @@ class Trainer:
             costs.energy_joules = joules - self.energy_start + self.energy_base
         costs.wall_seconds = self.wall_base + time.perf_counter() - self.session_wall_start
         epochs = round(self.epoch + step_in_epoch / self.steps_per_epoch, 6)
-        event = {"event": "eval", "epoch": epochs, **costs.as_dict(), "val_accuracy": round(accuracy, 6),
-                 "val_loss": round(loss, 6), "lr": self.optimizer.param_groups[0]["lr"]}
-        event["epochs"] = event.pop("epoch")
+        event = {"event": "eval", "epochs": epochs, "step": self.step, **costs.as_dict(),
+                 "val_accuracy": result.accuracy, "val_balanced_accuracy": result.balanced_accuracy,
+                 "val_loss": round(result.loss, 6), "lr": self.optimizer.param_groups[0]["lr"]}
         self.log.append(event)
         self.on_event(event)
+        # the logged (rounded) value decides, so the live events and results_from_events agree
+        metric = event[f"val_{spec.threshold_metric}"]
         for threshold in spec.thresholds:
-            if threshold not in self.reached and accuracy >= threshold:
+            if threshold not in self.reached and metric >= threshold:
                 self.reached.add(threshold)
                 reached = {**event, "event": "threshold_reached", "threshold": threshold}
                 self.log.append(reached)
                 self.on_event(reached)
-        if accuracy > self.best["val_accuracy"]:
-            self.best = {"val_accuracy": accuracy, "epoch": epochs}
-            save_checkpoint(model_checkpoint(self.model, spec, {"val_accuracy": accuracy, "epochs": epochs}),
+        if result.accuracy > self.best["val_accuracy"]:
+            self.best = {"val_accuracy": result.accuracy, "epoch": epochs}
+            save_checkpoint(model_checkpoint(self.model, spec, {"val_accuracy": result.accuracy, "epochs": epochs}),
                             self.run_dir / "best.pt")
         self.step_model.train()
 
-    def train_one_epoch(self) -> None:
+    def _epoch_order(self) -> torch.Tensor:
+        """The epoch's positions: a permutation, or a class-balanced draw with replacement (same length)."""
+        if self.cfg.sampler == "balanced":
+            return balanced_order(self.train_split.labels, self.shuffle)
+        return torch.randperm(len(self.train_split), generator=self.shuffle)
+
+    def train_one_epoch(self) -> bool:
+        """One epoch, or what is left of the budget; returns whether it evaluated."""
         cfg, costs = self.cfg, self.costs
-        eval_steps = {round(self.steps_per_epoch * (k + 1) / cfg.evals_per_epoch) for k in range(cfg.evals_per_epoch)}
-        order = torch.randperm(len(self.train_split), generator=self.shuffle)
+        order = self._epoch_order()
+        evaluated = False
         self.step_model.train()
         start = self.watch.now()
         for step_in_epoch, (images, labels) in enumerate(self.train_split.batches(cfg.batch_size, order), 1):
-            lr = lr_at(self.epoch * self.steps_per_epoch + step_in_epoch - 1, self.steps_per_epoch, cfg)
+            lr = lr_at(self.step, self.total_steps, self.steps_per_epoch, cfg)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             images = augment(images, self.augment_rng, self.spec.augment.flips, self.spec.augment.rot90,
@@ -303,21 +390,26 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            self.step += 1
             costs.samples += labels.shape[0]
             costs.train_flops += self.train_flops * labels.shape[0]
-            if step_in_epoch in eval_steps:
+            if self.step in self.eval_steps:
                 costs.device_seconds += self.watch.now() - start
                 self._eval_point(step_in_epoch)
+                evaluated = True
                 start = self.watch.now()
+            if self.done:
+                break
         self.epoch += 1
+        return evaluated
 
 
 def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, run_dir: Path,
         on_event: Callable[[dict], None] | None = None, on_checkpoint: Callable[[], None] | None = None) -> dict:
     """Train one run to its end (resuming if it was interrupted) and return its results.
 
-    `on_checkpoint()` is called whenever the run directory's files are consistent: after each epoch's
-    checkpoint and at the end (remote executors ship the files back to the driver then).
+    `on_checkpoint()` is called whenever the run directory's files are consistent: after each checkpoint
+    and at the end (remote executors ship the files back to the driver then).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     log = EventLog(run_dir / "events.jsonl")
@@ -328,7 +420,7 @@ def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, 
     last = run_dir / "last.pt"
     if last.exists():
         trainer.restore(load_checkpoint(last))
-        log.append({"event": "run_resume", "epoch": trainer.epoch})
+        log.append({"event": "run_resume", "epoch": trainer.epoch, "step": trainer.step})
     else:
         log.path.unlink(missing_ok=True)
         log.append({"event": "run_start", "variant": spec.variant, "seed": spec.seed, "model": spec.model,
@@ -336,45 +428,62 @@ def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, 
                     "precision": trainer.precision, "train_flops_per_sample": trainer.train_flops,
                     "eval_flops_per_sample": trainer.eval_flops, "train_size": len(train), "val_size": len(val),
                     "test_size": len(test), "classes": spec.classes, "thresholds": spec.thresholds,
-                    **spec.meta})
+                    "threshold_metric": spec.threshold_metric, "shared_gpu": spec.shared_gpu,
+                    "budget": spec.train.budget(), "steps_per_epoch": trainer.steps_per_epoch,
+                    "total_steps": trainer.total_steps, "evals": len(trainer.eval_steps),
+                    "class_weights": spec.train.class_weights, "sampler": spec.train.sampler, **spec.meta})
     trainer.begin_session()
-    while trainer.epoch < spec.train.epochs:
-        trainer.train_one_epoch()
-        trainer.save_last()
-        if on_checkpoint:
-            on_checkpoint()
+    while not trainer.done:
+        evaluated = trainer.train_one_epoch()
+        # an epoch without an evaluation (many short epochs on a small subset) is not worth a checkpoint
+        if evaluated or trainer.done:
+            trainer.save_last()
+            if on_checkpoint:
+                on_checkpoint()
     best = load_checkpoint(run_dir / "best.pt")
     trainer.model.load_state_dict(best["state_dict"])
-    accuracy, loss, predicted = evaluate(trainer.model, test, trainer.normalizer, 256, trainer.precision,
-                                         spec.train.channels_last)
-    confusion = confusion_matrix(test.labels.cpu().numpy(), predicted.numpy(), len(spec.classes))
-    log.append({"event": "run_stop", "status": "success", "test_accuracy": round(accuracy, 6),
-                "test_loss": round(loss, 6), "best_val_accuracy": round(trainer.best["val_accuracy"], 6),
-                "best_epochs": trainer.best["epoch"], "confusion": confusion.tolist(),
-                **per_class_scores(confusion),
-                "test_predictions": predicted.tolist()})
+    result = evaluate(trainer.model, test, trainer.normalizer, 256, trainer.precision, spec.train.channels_last)
+    confusion = confusion_matrix(test.labels.cpu().numpy(), result.predicted.numpy(), len(spec.classes))
+    log.append({"event": "run_stop", "status": "success", "test_accuracy": result.accuracy,
+                "test_balanced_accuracy": result.balanced_accuracy, "test_loss": round(result.loss, 6),
+                "best_val_accuracy": round(trainer.best["val_accuracy"], 6), "best_epochs": trainer.best["epoch"],
+                "confusion": confusion.tolist(), **per_class_scores(confusion),
+                "test_predictions": result.predicted.tolist(), "test_labels": test.labels.cpu().tolist(),
+                "test_rows": test.rows_in_catalog.tolist()})
     os.replace(last, run_dir / "final.pt")
     if on_checkpoint:
         on_checkpoint()
     return results_from_events(log.read(), spec.thresholds)
 
 
+def planned_epochs(cfg: TrainSection, train_size: int) -> float:
+    """How many epochs of a training set of `train_size` the run's budget amounts to."""
+    steps_per_epoch = math.ceil(train_size / cfg.batch_size)
+    return total_steps(cfg, steps_per_epoch) / steps_per_epoch
+
+
 def results_from_events(events: list[dict], thresholds: list[float]) -> dict:
-    """One run's results row, computed from its event log alone."""
+    """One run's results row, computed from its event log alone (fields an older log lacks are None)."""
     start = next(e for e in events if e["event"] == "run_start")
-    stop = next((e for e in events if e["event"] == "run_stop"), None)
+    stop = next((e for e in events if e["event"] == "run_stop"), None) or {}
     evals = [e for e in events if e["event"] == "eval"]
-    crossings = threshold_crossings(evals, thresholds)
+    metric = start.get("threshold_metric", "accuracy")
+    crossings = threshold_crossings(evals, thresholds, f"val_{metric}")
     final = evals[-1] if evals else {}
     return {
         "variant": start["variant"], "seed": start["seed"], "model": start["model"], "init": start["init"],
-        "finished": stop is not None,
-        "final_val_accuracy": final.get("val_accuracy"), "best_val_accuracy": stop and stop["best_val_accuracy"],
-        "test_accuracy": stop and stop["test_accuracy"], "confusion": stop and stop["confusion"],
-        "precision": stop and stop["precision"], "recall": stop and stop["recall"],
+        "train_size": start.get("train_size"), "train_size_label": start.get("train_size_label"),
+        "replicate": start.get("replicate"), "pretrain_id": start.get("pretrain_id"),
+        "pretrain_cost": start.get("pretrain_cost"), "shared_gpu": start.get("shared_gpu", False),
+        "threshold_metric": metric, "finished": bool(stop),
+        "final_val_accuracy": final.get("val_accuracy"), "best_val_accuracy": stop.get("best_val_accuracy"),
+        "test_accuracy": stop.get("test_accuracy"), "test_balanced_accuracy": stop.get("test_balanced_accuracy"),
+        "confusion": stop.get("confusion"), "precision": stop.get("precision"), "recall": stop.get("recall"),
+        "test_predictions": stop.get("test_predictions"), "test_labels": stop.get("test_labels"),
+        "test_rows": stop.get("test_rows"),
         "totals": {k: final.get(k) for k in ("epochs", "samples", "train_flops", "eval_flops", "device_seconds",
                                               "eval_device_seconds", "wall_seconds", "energy_joules")},
         "thresholds": {str(t): v for t, v in crossings.items()},
-        "curve": [{k: e[k] for k in ("epochs", "samples", "train_flops", "device_seconds", "val_accuracy",
-                                     "val_loss")} for e in evals],
+        "curve": [{k: e.get(k) for k in ("epochs", "samples", "train_flops", "device_seconds", "val_accuracy",
+                                         "val_balanced_accuracy", "val_loss")} for e in evals],
     }
