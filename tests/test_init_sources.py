@@ -201,6 +201,18 @@ def test_timm_imagenet_offline_without_cache_says_which_file_to_put_where(hub_ca
     assert 'imagenet:PATH' in message and "\n" not in message
 
 
+def test_without_a_network_nothing_is_attempted_and_the_error_comes_at_once(hub_cache, monkeypatch):
+    import huggingface_hub
+
+    from galbench.models import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(hub.socket, "getaddrinfo", lambda *args: (_ for _ in ()).throw(OSError("no name")))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *args, **kwargs: pytest.fail("tried to download"))
+    with pytest.raises(GalbenchError, match="not cached and cannot be downloaded"):
+        imagenet_backbone("convnext_atto", 64)
+
+
 def test_truncated_foreign_and_mismatched_weights_are_refused_in_one_line(hub_cache, tmp_path):
     state = timm_state("convnext_atto")
     data = safetensors_bytes(state)

@@ -4,14 +4,17 @@ The cache layout, as huggingface_hub writes it:
 `<cache>/models--OWNER--NAME/refs/main` holds a commit hash; `snapshots/<hash>/FILE` is a symlink to
 `blobs/<id>`, where a large (LFS) file's id is the SHA-256 of its content. galbench reads that layout
 directly, checks a blob's content against its name where the name is a SHA-256, and downloads only when
-the file is missing and `HF_HUB_OFFLINE` is not set.
+the file is missing, `HF_HUB_OFFLINE` is not set and the hub's host name resolves.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from galbench.errors import GalbenchError
 from galbench.fileio import file_sha256
@@ -38,28 +41,46 @@ def _offline() -> bool:
 
 def hub_file(repo_id: str, filenames: tuple[str, ...], revision: str | None = None) -> Path | None:
     """The first of `filenames` in a hub repository: cached, else downloaded unless offline; None if neither."""
-    from huggingface_hub import errors, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import constants, errors, hf_hub_download, try_to_load_from_cache
 
     cache = hub_cache_dir()
     for filename in filenames:
         found = try_to_load_from_cache(repo_id, filename, cache_dir=cache, revision=revision)
         if isinstance(found, str):
             return verified(Path(found))
-    if _offline():
+    if _offline() or not _resolvable(constants.ENDPOINT):
         return None
     # huggingface_hub >= 1.0 says RemoteEntryNotFoundError for a file the repository lacks, older
     # versions EntryNotFoundError; LocalEntryNotFoundError (no network) is a subclass of the latter.
     absent = tuple(c for c in (getattr(errors, "RemoteEntryNotFoundError", None), errors.EntryNotFoundError) if c)
-    for filename in filenames:
-        try:
-            return verified(Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache)))
-        except errors.LocalEntryNotFoundError:
-            return None
-        except absent:
-            continue
-        except Exception:  # noqa: BLE001 - no network, a proxy, an unknown repository: the caller says what to do
-            return None
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its retries log a warning each; the caller's one line says what to do
+    try:
+        for filename in filenames:
+            try:
+                return verified(Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache)))
+            except errors.LocalEntryNotFoundError:
+                return None
+            except absent:
+                continue
+            except Exception:  # noqa: BLE001 - a proxy, an unknown repository, a server error
+                return None
+    finally:
+        logger.setLevel(level)
     return None
+
+
+def _resolvable(endpoint: str) -> bool:
+    """Whether the hub's host name resolves (or a proxy will do it): an offline machine learns so at once,
+    not after huggingface_hub's minute of retries."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    try:
+        socket.getaddrinfo(urlparse(endpoint).hostname, 443)
+    except (OSError, UnicodeError):
+        return False
+    return True
 
 
 def verified(path: Path) -> Path:
