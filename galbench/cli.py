@@ -7,6 +7,8 @@ import io
 import sys
 from pathlib import Path
 
+from rich.markup import escape
+
 from galbench import __version__
 from galbench.console import err, out, progress_bar
 from galbench.errors import GalbenchError
@@ -138,16 +140,27 @@ def _cmd_compare(args) -> None:
 
 
 def _cmd_models(args) -> None:
+    import json
+
     from rich.table import Table
 
-    from galbench.models.registry import build_model, count_parameters, list_models
+    from galbench.models.registry import model_rows
 
+    rows = model_rows(args.pattern)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
     table = Table(title="registered models")
-    for column in ("name", "parameters (3 classes)", "description"):
-        table.add_column(column)
-    for entry in list_models(args.pattern):
-        table.add_row(entry.name, f"{count_parameters(build_model(entry.name, 3)):,}", entry.description)
+    for column in ("name", "backbone parameters", "embedding", "GFLOPs 64 px", "GFLOPs 224 px", "description"):
+        table.add_column(column, justify="left" if column in ("name", "description") else "right")
+    for row in rows:
+        table.add_row(row["name"], f"{row['backbone_parameters']:,}", str(row["embedding_size"]),
+                      f"{row['forward_flops_64px'] / 1e9:.3f}", f"{row['forward_flops_224px'] / 1e9:.2f}",
+                      row["description"])
     out.print(table)
+    err.print(escape("Any timm model works as timm:NAME (pip install 'galbench[timm]'). Parameters exclude the "
+                     "classifier head ((embedding + 1) x classes more); FLOPs: one image's forward pass "
+                     "(torch FlopCounterMode, 3 classes)."))
 
 
 def _cmd_pretrain_fractal(args) -> None:
@@ -478,8 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--address", help="Ray cluster: auto or ray://HOST:PORT (default: a Ray started here)")
     classify.set_defaults(handler=_cmd_classify)
 
-    models = commands.add_parser("models", help="list the registered models")
-    models.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'alexnet*'")
+    models = commands.add_parser(
+        "models", help="list the registered models", formatter_class=formatter,
+        description="The registered models: galbench's AlexNet variants and recommended timm models, with\n"
+                    "parameters and FLOPs per image (measured). Any timm model works as timm:NAME.",
+        epilog="examples:\n  galbench models\n  galbench models 'timm:*' --json")
+    models.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'alexnet*' or 'timm:*'")
+    models.add_argument("--json", action="store_true", help="print the rows as JSON")
     models.set_defaults(handler=_cmd_models)
     return parser
 
@@ -491,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.handler(args)
     except GalbenchError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # 'galbench[timm]
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]; run the same command again to resume")

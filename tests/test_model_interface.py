@@ -1,30 +1,55 @@
-"""Every registered model follows one interface: features, head, embedding, head name, export hook."""
+"""Every registered model follows one interface: features, head, embedding, head name, input size."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 import torch
 
+from galbench.errors import GalbenchError
 from galbench.models.finetune import apply_finetune_policy
-from galbench.models.registry import build_model, embed, list_models
+from galbench.models.registry import build_model, embed, embedding_size, list_models
+
+HAS_TIMM = importlib.util.find_spec("timm") is not None
+needs_timm = pytest.mark.skipif(not HAS_TIMM, reason="timm models need the optional timm package")
+MODELS = [pytest.param(e.name, marks=needs_timm) if e.name.startswith("timm:") else e.name for e in list_models()]
 
 
-@pytest.mark.parametrize("name", [entry.name for entry in list_models("alexnet*")])
+@pytest.mark.parametrize("name", MODELS + [pytest.param("timm:mobilenetv3_small_050", marks=needs_timm)])
 def test_forward_is_head_of_features_and_embedding_is_penultimate(name):
     torch.manual_seed(0)
-    model = build_model(name, 4).eval()
-    images = torch.randn(2, 3, 64, 64)
+    size = 64 if name.startswith("alexnet") else 32  # AlexNet needs 63 px; the rest are quicker at 32
+    model = build_model(name, 4, size).eval()
+    images = torch.randn(2, 3, size, size)
     with torch.no_grad():
         logits = model(images)
         vector = embed(model, images)
         head = model.get_submodule(model.head_name)
         assert logits.shape == (2, 4)
-        assert vector.shape == (2, model.num_features)
+        assert vector.shape == (2, embedding_size(model))
         torch.testing.assert_close(head(vector), logits)
 
 
-def test_head_policy_trains_only_the_head():
-    model = build_model("alexnet-tiny", 3)
+@pytest.mark.parametrize("name", MODELS)
+def test_head_policy_trains_only_the_head(name):
+    model = build_model(name, 3)
     apply_finetune_policy(model, "head")
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"classifier.6.weight", "classifier.6.bias"}
+    assert trainable == {f"{model.head_name}.weight", f"{model.head_name}.bias"}
+
+
+def test_alexnet_refuses_inputs_too_small_for_its_pooling():
+    build_model("alexnet-tiny", 3, 63)(torch.zeros(1, 3, 63, 63))
+    with pytest.raises(GalbenchError, match="at least 63 px, got 62"):
+        build_model("alexnet-tiny", 3, 62)
+
+
+@needs_timm
+def test_a_vit_is_built_for_the_input_size_and_refuses_sizes_its_patches_do_not_divide():
+    model = build_model("timm:vit_tiny_patch16_224", 3, 64).eval()
+    assert model.pos_embed.shape[1] == 1 + (64 // 16) ** 2
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
+    with pytest.raises(GalbenchError, match="16 px patches; 72 px is not a multiple"):
+        build_model("timm:vit_tiny_patch16_224", 3, 72)
+    assert build_model("timm:resnet18", 3, 72)(torch.zeros(1, 3, 72, 72)).shape == (1, 3)

@@ -2,32 +2,63 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    conv_flop_count,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 COST_FIELDS = ("epochs", "samples", "train_flops", "eval_flops", "device_seconds", "eval_device_seconds",
                "wall_seconds", "energy_joules")
 
 
+def _conv_backward_flops(grad_out, x, weight, *args, out_shape=None, **kwargs) -> int:
+    """Gradients of a convolution's input and weight; each costs what the forward convolution costs.
+
+    torch's own formula counts a grouped (depthwise) convolution's weight gradient `groups` times over,
+    which made a ConvNeXt's or an EfficientNet's backward pass look 8-40 times dearer than its forward.
+    """
+    transposed, output_mask = args[4], args[7]
+    flops = 0
+    if output_mask[0]:
+        flops += conv_flop_count(grad_out, weight, out_shape[0], not transposed)
+    if output_mask[1]:
+        flops += conv_flop_count(x, weight, grad_out, transposed)
+    return flops
+
+
+# Corrections to torch's FlopCounterMode table: grouped convolutions' backward (above), and the CPU's
+# fused attention kernels, which torch does not count at all (its CUDA ones it does, with these formulas).
+FLOP_FORMULAS = {
+    torch.ops.aten.convolution_backward: _conv_backward_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda query, key, value, *args, out_shape=None, **kwargs: sdpa_flop_count(query, key, value),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda grad, query, key, value, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad, query, key,
+                                                                                                  value),
+}
+
+
 def flops_per_sample(model: nn.Module, image_size: int, device: torch.device, backward: bool) -> int:
     """FLOPs of one sample's forward (and backward) pass, counted by torch at the real input size."""
-    was_training = model.training
+    model = copy.deepcopy(model)  # a training-mode pass would move batch norms' running statistics
     model.train(backward)
     batch = 2  # batch statistics are per sample for AlexNet; two samples avoid any size-1 special case
     images = torch.zeros(batch, 3, image_size, image_size, device=device)
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS)
     with counter:
         if backward:
             model(images).sum().backward()
         else:
             with torch.no_grad():
                 model(images)
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
     return int(counter.get_total_flops() // batch)
 
 

@@ -41,7 +41,7 @@ def pretrain_on_catalog(catalog: Catalog, out: Path, model: str, image_size: int
                         batch_size: int, device: torch.device, source: dict, seed: int = 0,
                         generation_seconds: float = 0.0, display=None) -> Path:
     """Supervised pretraining of `model` on a catalog; writes a checkpoint whose meta holds its cost."""
-    build_model(model, len(catalog.classes))  # fail early on an unknown model name
+    build_model(model, len(catalog.classes), image_size)  # fail early on a bad model name or input size
     labels = catalog.labels
     rows = stratified_split(labels, PRETRAIN_SPLIT, seed)
     budget = 4 * 2**30

@@ -231,10 +231,10 @@ class Variant(_Strict):
     @classmethod
     def _init(cls, value):
         kind = value.split(":", 1)[0]
-        if kind not in ("scratch", "imagenet", "checkpoint", "fractal", "pretrained"):
-            raise ValueError(f"unknown init {value!r}: use scratch, imagenet, imagenet:PATH, checkpoint:PATH, "
-                             "fractal or pretrained:NAME")
-        if kind in ("checkpoint", "pretrained") and ":" not in value:
+        if kind not in ("scratch", "imagenet", "zoobot", "checkpoint", "fractal", "pretrained"):
+            raise ValueError(f"unknown init {value!r}: use scratch, imagenet, imagenet:PATH, zoobot:NAME|PATH, "
+                             "checkpoint:PATH, fractal or pretrained:NAME")
+        if kind in ("zoobot", "checkpoint", "pretrained") and ":" not in value:
             raise ValueError(f"init {kind} needs a value: {kind}:...")
         return value
 

@@ -35,7 +35,7 @@ from galbench.experiment.accounting import (
 )
 from galbench.experiment.suite import AugmentSection, TrainSection
 from galbench.fileio import atomic_path
-from galbench.models.finetune import apply_finetune_policy
+from galbench.models.finetune import apply_finetune_policy, keep_frozen_norms_in_eval
 from galbench.models.registry import build_model
 from galbench.models.weights import CHECKPOINT_FORMAT, load_backbone, load_checkpoint
 
@@ -262,7 +262,7 @@ class Trainer:
         self.log = EventLog(run_dir / "events.jsonl")
         self.on_event = on_event or (lambda event: None)
         torch.manual_seed(spec.seed)
-        self.model = build_model(spec.model, len(spec.classes))
+        self.model = build_model(spec.model, len(spec.classes), spec.image_size)
         if spec.init_state is not None:
             load_backbone(self.model, spec.init_state, spec.init)
         apply_finetune_policy(self.model, spec.finetune)
@@ -361,6 +361,7 @@ class Trainer:
             save_checkpoint(model_checkpoint(self.model, spec, {"val_accuracy": result.accuracy, "epochs": epochs}),
                             self.run_dir / "best.pt")
         self.step_model.train()
+        keep_frozen_norms_in_eval(self.model)
 
     def _epoch_order(self) -> torch.Tensor:
         """The epoch's positions: a permutation, or a class-balanced draw with replacement (same length)."""
@@ -374,6 +375,7 @@ class Trainer:
         order = self._epoch_order()
         evaluated = False
         self.step_model.train()
+        keep_frozen_norms_in_eval(self.model)
         start = self.watch.now()
         for step_in_epoch, (images, labels) in enumerate(self.train_split.batches(cfg.batch_size, order), 1):
             lr = lr_at(self.step, self.total_steps, self.steps_per_epoch, cfg)

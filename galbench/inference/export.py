@@ -46,7 +46,7 @@ class DeployedClassifier(nn.Module):
 
 def deployed_from_checkpoint(checkpoint: dict) -> DeployedClassifier:
     """The evaluation-mode deployed module of a galbench checkpoint."""
-    model = build_model(checkpoint["model"], len(checkpoint["classes"]))
+    model = build_model(checkpoint["model"], len(checkpoint["classes"]), checkpoint["image_size"])
     model.load_state_dict(checkpoint["state_dict"])
     return DeployedClassifier(model, checkpoint["image_size"]).eval()
 

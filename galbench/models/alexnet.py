@@ -12,7 +12,10 @@ import math
 import torch
 from torch import nn
 
-from galbench.models.registry import register_model
+from galbench.errors import GalbenchError
+from galbench.models.registry import ModelFacts, register_model
+
+MIN_IMAGE_SIZE = 63  # below this the third max-pool has nothing left to pool
 
 
 class FixedAdaptivePool(nn.Module):
@@ -75,23 +78,35 @@ class AlexNet(nn.Module):
         self.avgpool = FixedAdaptivePool(side, 6)
 
 
-@register_model("alexnet", "torchvision AlexNet (61M parameters at 1000 classes), the paper's model; 224 px")
-def _alexnet(num_classes: int) -> nn.Module:
+def _checked(image_size: int | None) -> None:
+    if image_size is not None and image_size < MIN_IMAGE_SIZE:
+        raise GalbenchError(f"AlexNet needs inputs of at least {MIN_IMAGE_SIZE} px, got {image_size}",
+                            fix="use image_size = 64 or more, or a timm model")
+
+
+@register_model("alexnet", "torchvision AlexNet, the paper's model; 224 px",
+                ModelFacts(57003840, 4096, 188122496, 1420209536))
+def _alexnet(num_classes: int, image_size: int | None) -> nn.Module:
+    _checked(image_size)
     return AlexNet(num_classes)
 
 
-@register_model("alexnet-half", "AlexNet at half width (conv 32-96-192-128-128, hidden 2048)")
-def _alexnet_half(num_classes: int) -> nn.Module:
+@register_model("alexnet-half", "AlexNet at half width (conv 32-96-192-128-128, hidden 2048)",
+                ModelFacts(14259104, 2048, 49650368, 390196928))
+def _alexnet_half(num_classes: int, image_size: int | None) -> nn.Module:
+    _checked(image_size)
     return AlexNet(num_classes, (32, 96, 192, 128, 128), 2048)
 
 
-@register_model("alexnet-small", "AlexNet at quarter width, hidden 256: CPU-sized, 64 px inputs")
-def _alexnet_small(num_classes: int) -> nn.Module:
+@register_model("alexnet-small", "AlexNet at quarter width, hidden 256: CPU-sized, 64 px inputs",
+                ModelFacts(814800, 256, 8212832, 109611872))
+def _alexnet_small(num_classes: int, image_size: int | None) -> nn.Module:
+    _checked(image_size)
     return AlexNet(num_classes, (16, 48, 96, 64, 64), 256)
 
 
-@register_model("alexnet-tiny", "AlexNet at 1/8 width, hidden 64: for tests and smoke runs")
-def _alexnet_tiny(num_classes: int) -> nn.Module:
+@register_model("alexnet-tiny", "AlexNet at 1/8 width, hidden 64: for tests and smoke runs",
+                ModelFacts(119208, 64, 2534576, 36015536))
+def _alexnet_tiny(num_classes: int, image_size: int | None) -> nn.Module:
+    _checked(image_size)
     return AlexNet(num_classes, (8, 24, 48, 32, 32), 64, dropout=0.2)
-
-

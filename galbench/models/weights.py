@@ -1,4 +1,4 @@
-"""Weight sources: galbench checkpoints, ImageNet weights, and loading a backbone into a model."""
+"""Weight sources: galbench checkpoints, AlexNet's ImageNet weights, weight files, and loading a backbone."""
 
 from __future__ import annotations
 
@@ -53,6 +53,26 @@ def imagenet_state_dict(path: str | os.PathLike | None = None) -> dict[str, torc
                                        "or use init = \"imagenet:PATH\"") from None
     if not isinstance(state, dict) or "features.0.weight" not in state:
         raise GalbenchError("not a torchvision AlexNet state dict", where=str(path or "torch hub cache"))
+    return state
+
+
+def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file, or else from a tensors-only pickle (`torch.load(weights_only=True)`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GalbenchError("weights file not found", where=str(path))
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - safetensors and pickle raise many types for truncated files
+        raise GalbenchError(f"not a readable weights file, truncated or foreign? ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:80]})", where=str(path)) from None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise GalbenchError("not a state dict (a mapping of names to tensors)", where=str(path))
     return state
 
 
