@@ -12,6 +12,7 @@ model, the settings and the input's content fingerprint are unchanged, and refus
 from __future__ import annotations
 
 import json
+import mmap
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -108,7 +109,9 @@ class TorchBackend:
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        batch = torch.from_numpy(images).to(self.device, non_blocking=True)
+        # batches may be read-only views of the memory-mapped catalog, which torch will not wrap
+        batch = torch.from_numpy(images if images.flags.writeable else np.array(images)).to(self.device,
+                                                                                          non_blocking=True)
         computed = dict(zip(("logits", "probabilities", "embeddings", "agreement"), self.model(batch), strict=True))
         return {name: computed[name].float().cpu().numpy() for name in self.outputs}
 
@@ -143,9 +146,13 @@ class _Source:
         """Prepared uint8 images of rows [start, stop), a mask of unreadable rows, filled pixels per row."""
         filled = np.zeros(stop - start, np.int32)
         if self.path_column is None:
-            # copy out of the memory map here, in the prefetch thread, so page faults overlap inference
-            rows = np.array(self.catalog.images[start:stop])
-            return prepare_images(rows, self.crop, self.size).numpy(), np.zeros(stop - start, bool), filled
+            rows = self.catalog.images[start:stop]
+            if self.crop >= 1 and rows.shape[-1] == self.size and rows.shape[-2] == self.size:
+                # already the model's size: hand the backend the memory map itself, no copy; touching one byte
+                # per page here, in the prefetch thread, makes the page faults overlap inference instead
+                np.asarray(rows).reshape(-1)[::mmap.PAGESIZE].sum()
+                return rows, np.zeros(stop - start, bool), filled
+            return prepare_images(np.asarray(rows), self.crop, self.size).numpy(), np.zeros(stop - start, bool), filled
         from galbench.data.importers import crop_and_resize, load_image
         from galbench.data.stretch import load_fits_image
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galbench.data.catalog import read_catalog
+from galbench.data.catalog import Catalog, read_catalog
 from galbench.data.tensors import map_classes
 from galbench.errors import GalbenchError
 
@@ -25,8 +25,8 @@ class ExportData:
     pixscale: float | None = None
 
 
-def from_run(run_dir: Path, classes: list[str], parity_images: int) -> ExportData:
-    """The run's validation split (split.json) and training split, labelled as the suite mapped them."""
+def run_catalog(run_dir: Path) -> tuple[Catalog, np.ndarray, dict]:
+    """A run's catalog, its labels as the suite mapped them, and its split (split.json)."""
     run_dir = Path(run_dir)
     try:
         split = json.loads((run_dir / "split.json").read_text())
@@ -34,11 +34,17 @@ def from_run(run_dir: Path, classes: list[str], parity_images: int) -> ExportDat
     except (OSError, ValueError) as exc:
         raise GalbenchError(f"not a readable run directory ({type(exc).__name__})", where=str(run_dir),
                             fix="pass the folder galbench run wrote (with split.json)") from None
+    catalog = read_catalog(resolved["catalog_path"])
+    _, labels = map_classes(catalog, resolved["data"].get("classes"), resolved["data"].get("ttype_bins"))
+    return catalog, labels, split
+
+
+def from_run(run_dir: Path, classes: list[str], parity_images: int) -> ExportData:
+    """The run's validation split and training split, labelled as the suite mapped them."""
+    catalog, labels, split = run_catalog(run_dir)
     if split["classes"] != classes:
         raise GalbenchError(f"the run's classes {split['classes']} differ from the checkpoint's {classes}",
                             where=str(run_dir))
-    catalog = read_catalog(resolved["catalog_path"])
-    _, labels = map_classes(catalog, resolved["data"].get("classes"), resolved["data"].get("ttype_bins"))
     val, train = np.asarray(split["val"]), np.asarray(split["train"])
     val_images = np.asarray(catalog.images[val])
     return ExportData(val_images[:parity_images], val_images, labels[val], np.asarray(catalog.images[train]),
