@@ -66,7 +66,9 @@ class DeployedClassifier(nn.Module):
 
     def view_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw logits (V, N, C) and embeddings (V, N, D) of every view."""
-        inputs = self.normalizer(images).to(self.temperature.dtype)
+        inputs = self.normalizer(images)
+        if inputs.dtype != self.temperature.dtype:  # a half-precision model in torch; never in the exported graph
+            inputs = inputs.to(self.temperature.dtype)
         stacked = dihedral_views(inputs, self.views)
         embeddings = self.model.forward_head(self.model.forward_features(stacked), pre_logits=True)
         logits = self.head(embeddings)
@@ -98,7 +100,9 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
         from onnxconverter_common.float16 import convert_float_to_float16
     except ImportError:
         raise GalbenchError("fp16 export needs onnxconverter-common", fix="pip install 'galbench[fp16]'") from None
-    keep = [node.name for node in proto.graph.node if node.name.startswith("/normalizer/") or node.op_type == "Softmax"]
+    # the normalisation, the softmax and the casts of the averaging tail stay in float32
+    keep = [node.name for node in proto.graph.node
+            if node.name.startswith("/normalizer/") or node.op_type in ("Softmax", "Cast")]
     return convert_float_to_float16(proto, keep_io_types=True, node_block_list=keep)
 
 
