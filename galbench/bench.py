@@ -2,6 +2,7 @@
 
     python -m galbench.bench scaling [--out reports/benchmarks]   classify 1k/10k/100k rows, train 1k-10k
     python -m galbench.bench gpu [--out reports/benchmarks]       training, suite and classify figures on CUDA
+    python -m galbench.bench tta RUN_DIR [--out reports/benchmarks]  rotation averaging and int8 on a run's test split
 
 Each writes a JSON file named after the machine (and scaling a log-log plot) into --out.
 """
@@ -337,11 +338,76 @@ def _suite_wall_time(suite, device: torch.device) -> dict:
             "epochs": suite.train.epochs, "wall_seconds": seconds}
 
 
+def tta(run_dir: Path, out: Path, repeats: int = 3) -> dict:
+    """What rotation averaging (1, 4, 8 views) and int8 buy and cost on a run's test split, with its winner.
+
+    Each model is exported calibrated on the run's validation split (two also with raw softmax); accuracy, balanced accuracy, ECE
+    (15 bins) and NLL are measured on the test split, and galaxies per second of ONNX Runtime on the CPU
+    (the best of `repeats` passes over the test images, batch 256, all models timed in the same process).
+    """
+    import onnxruntime as ort
+
+    from galbench.data.tensors import prepare_images
+    from galbench.inference import exportdata
+    from galbench.inference.calibrate import reliability
+    from galbench.inference.export import export_onnx
+    from galbench.models.weights import load_checkpoint
+
+    run_dir = Path(run_dir)
+    chosen = json.loads((run_dir / "export" / "exports.json").read_text())["winner"]
+    checkpoint_path = run_dir / "runs" / f"{chosen['variant']}__seed{chosen['seed']}" / "best.pt"
+    checkpoint = load_checkpoint(checkpoint_path)
+    data = exportdata.from_run(run_dir, checkpoint["classes"], 64)
+    catalog, labels, split = exportdata.run_catalog(run_dir)
+    test = np.asarray(split["test"])
+    images = prepare_images(np.asarray(catalog.images[test]), checkpoint.get("crop", 1.0),
+                            checkpoint["image_size"]).numpy()
+    truth = labels[test]
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for name, views, int8, calibrate in (
+                ("fp32, 1 view, raw softmax", 1, False, False), ("fp32, 1 view", 1, False, True),
+                ("fp32, 4 turns", 4, False, True), ("fp32, 8 views (D4), raw softmax", 8, False, False),
+                ("fp32, 8 views (D4)", 8, False, True), ("int8, 1 view", 1, True, True),
+                ("int8, 8 views (D4)", 8, True, True)):
+            path = Path(work) / f"{views}-{int8}-{calibrate}.onnx"
+            meta = export_onnx(checkpoint_path, path, data.sample, val_images=data.val_images,
+                               val_labels=data.val_labels, calibrate=calibrate, tta=views, int8=int8,
+                               int8_images=data.train_images)
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+            def forward(session=session):
+                return np.concatenate([session.run(["probabilities"], {"images": images[i:i + 256]})[0]
+                                       for i in range(0, len(images), 256)])
+
+            probabilities = forward()
+            seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                forward()
+                seconds.append(time.perf_counter() - start)
+            predicted = probabilities.argmax(1)
+            recalls = [float((predicted[truth == k] == k).mean()) for k in np.unique(truth)]
+            rows.append({"model": name, "views": views, "precision": "int8" if int8 else "fp32",
+                         "temperature": float(meta["temperature"]),
+                         "accuracy": float((predicted == truth).mean()), "balanced_accuracy": float(np.mean(recalls)),
+                         "ece": reliability(probabilities, truth).ece,
+                         "nll": float(-np.log(np.clip(probabilities[np.arange(len(truth)), truth], 1e-12, 1)).mean()),
+                         "galaxies_per_second": len(images) / min(seconds)})
+            print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()),
+                  flush=True)
+    result = {"device": cpu_name(), "torch_threads": torch.get_num_threads(), "run": str(run_dir),
+              "checkpoint": str(checkpoint_path), "test_galaxies": int(len(test)), "models": rows}
+    write_json_atomic(out / f"tta-{machine_name()}.json", result)
+    return result
+
+
 def main(argv=None) -> int:
-    """Command line: `scaling` or `gpu`."""
+    """Command line: `scaling`, `gpu` or `tta`."""
     parser = argparse.ArgumentParser(prog="python -m galbench.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["scaling", "gpu"])
+    parser.add_argument("which", choices=["scaling", "gpu", "tta"])
+    parser.add_argument("run_dir", nargs="?", type=Path, help="tta only: the run directory whose winner is measured")
     parser.add_argument("--out", type=Path, default=Path("reports/benchmarks"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the code path, not a figure")
     parser.add_argument("--phases", default=",".join(GPU_PHASES),
@@ -352,7 +418,11 @@ def main(argv=None) -> int:
     if unknown := set(phases) - set(GPU_PHASES):
         parser.error(f"unknown phase(s) {', '.join(sorted(unknown))}: choose from {', '.join(GPU_PHASES)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.which == "scaling":
+    if args.which == "tta":
+        if args.run_dir is None:
+            parser.error("tta needs RUN_DIR")
+        tta(args.run_dir, args.out)
+    elif args.which == "scaling":
         sizes = ((200, 400), (100, 200)) if args.quick else ((1000, 10000, 100000), (1000, 3000, 10000))
         scaling(args.out, *sizes)
     else:

@@ -222,22 +222,3 @@ def _export_fp32(cli, finished_suite, tmp_path):
     path = tmp_path / "full.onnx"
     assert cli("export", finished_suite / "runs/scratch__seed0/best.pt", path, "--parity-images", 8)[0] == 0
     return path
-
-
-def test_float_fits_images_with_nan_pixels_are_refused_by_row(cli, winner, tmp_path):
-    from astropy.io import fits
-    from astropy.table import Table
-
-    good = np.random.default_rng(0).normal(size=(3, 64, 64)).astype(np.float32)
-    bad = good.copy()
-    bad[1, 10, 10] = np.nan
-    fits.PrimaryHDU(good).writeto(tmp_path / "good.fits")
-    fits.PrimaryHDU(bad).writeto(tmp_path / "bad.fits")
-    table = Table({"objid": np.array([7, 8], dtype=np.int64), "image_path": ["good.fits", "bad.fits"]})
-    catalog_file = tmp_path / "float.fits"
-    write_catalog(catalog_file, Catalog(table, ["elliptical", "spiral", "edge-on"]), include_images=False)
-    err = _error(cli, "classify", catalog_file, "--model", winner, "--out", tmp_path / "o.fits")
-    assert "row 1 (objid 8)" in err and "NaN or infinite pixels" in err and "bad.fits" in err
-    code, _, _ = cli("classify", catalog_file, "--model", winner, "--out", tmp_path / "o.fits", "--skip-bad")
-    assert code == 0
-    assert list(read_catalog(tmp_path / "o.fits", require_images=False).table["bad_image"]) == [False, True]

@@ -65,28 +65,16 @@ def crop_and_resize(image: np.ndarray, crop: float | int | None, size: int | Non
     return image
 
 
-def load_image(path: Path) -> np.ndarray:
-    """Decode a JPEG, PNG or FITS image into (H, W, 3) uint8; raise ValueError if it is unusable."""
-    if path.suffix.lower() in (".fits", ".fit"):
-        from astropy.io import fits
+def load_image(path: Path, stretch: dict | None = None) -> np.ndarray:
+    """Decode a JPEG, PNG or FITS image into (H, W, 3) uint8; raise ValueError if it is unusable.
 
-        with fits.open(path) as hdul:
-            data = next((hdu.data for hdu in hdul if hdu.data is not None), None)
-        if data is None:
-            raise ValueError("FITS file holds no image")
-        data = np.asarray(data)
-        if data.ndim == 3 and data.shape[0] == 3:
-            data = data.transpose(1, 2, 0)
-        if data.ndim == 2:
-            data = np.repeat(data[..., None], 3, axis=2)
-        if data.ndim != 3 or data.shape[2] != 3:
-            raise ValueError(f"FITS image has shape {data.shape}, expected (H, W), (3, H, W) or (H, W, 3)")
-        if data.dtype != np.uint8:
-            if not np.isfinite(data).all():
-                raise ValueError("FITS image has NaN or infinite pixels")
-            low, high = float(data.min()), float(data.max())
-            data = ((data - low) / (high - low or 1.0) * 255).round().astype(np.uint8)
-        return data
+    FITS images go through `galbench.data.stretch` (`stretch`: a parsed spec, default minmax), which fills
+    non-finite pixels rather than refusing the image.
+    """
+    if path.suffix.lower() in (".fits", ".fit"):
+        from galbench.data.stretch import load_fits_image
+
+        return load_fits_image(path, stretch)[0]
     try:
         with Image.open(path) as img:
             img.load()

@@ -1,15 +1,18 @@
 """`galbench classify`: a catalog in, the same catalog with predictions out, in batches of any catalog size.
 
 Backends: ONNX Runtime (TensorRT, then CUDA, then CPU: the fastest installed provider first) and PyTorch
-(CUDA fp16 channels_last, or CPU). Batches stream from the memory-mapped FITS file while a thread prepares
-the next one, so memory stays flat as the catalog grows. Results go to OUT.partial/ in chunks as they
-finish; the output FITS is written to a temporary file and renamed at the end; `resume` reuses the
-finished chunks of an interrupted classification.
+(CUDA fp16 channels_last, or CPU), both computing what the exported graph computes (temperature, rotation
+averaging). Reading, inference and writing overlap: a thread prepares the next batch (from the
+memory-mapped image cube, or decoding image files) while the backend runs the current one, and another
+writes finished chunks to OUT.partial/, so memory stays flat as the catalog grows. The output is written to
+a temporary file and renamed at the end; `resume` reuses the finished chunks of an interrupted run if the
+model, the settings and the input's content fingerprint are unchanged, and refuses otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -19,13 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from astropy.table import Table
+from astropy.io import fits
+from astropy.table import MaskedColumn, Table
 
-from galbench.data.catalog import Catalog, read_catalog, release_pages, write_catalog
+from galbench.data.catalog import release_pages
 from galbench.data.tensors import prepare_images
 from galbench.errors import GalbenchError
 from galbench.fileio import file_sha256, write_json_atomic
-from galbench.inference.export import deployed_from_checkpoint, read_metadata
+from galbench.inference.export import deployed_from_metadata, read_metadata
+from galbench.inference.inputs import InputCatalog, fingerprint, read_input
+from galbench.inference.output import check_writable, write_output
 from galbench.models.weights import load_checkpoint
 
 CHUNK_ROWS = 8192
@@ -55,7 +61,7 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, batch_size: int, input_size: int):
+    def __init__(self, path: Path, batch_size: int, input_size: int, outputs: list[str]):
         import onnxruntime as ort
 
         chosen = provider_options(ort.get_available_providers(), path.parent / "trt-engines", batch_size, input_size)
@@ -67,15 +73,17 @@ class OnnxRuntimeBackend:
                                 where=str(path)) from None
         self.providers = self.session.get_providers()
         self.on_gpu = any(p in GPU_PROVIDERS for p in self.providers)
+        self.outputs = outputs
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         if self.on_gpu:  # keep outputs on the device until asked for: one copy in, one copy out
             binding = self.session.io_binding()
             binding.bind_cpu_input("images", images)
-            binding.bind_output("probabilities", "cuda")
+            for name in self.outputs:
+                binding.bind_output(name, "cuda")
             self.session.run_with_iobinding(binding)
-            return binding.copy_outputs_to_cpu()[0]
-        return self.session.run(["probabilities"], {"images": images})[0]
+            return dict(zip(self.outputs, binding.copy_outputs_to_cpu(), strict=True))
+        return dict(zip(self.outputs, self.session.run(self.outputs, {"images": images}), strict=True))
 
 
 class TorchBackend:
@@ -83,32 +91,32 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, checkpoint_path: Path, expected_sha256: str, device: torch.device):
+    def __init__(self, checkpoint_path: Path, meta: dict, device: torch.device, outputs: list[str]):
         if not checkpoint_path.exists():
             raise GalbenchError("the torch backend needs the checkpoint exported beside the ONNX model",
                                 where=str(checkpoint_path), fix="use --backend onnxruntime, or re-export")
-        if file_sha256(checkpoint_path) != expected_sha256:
+        if file_sha256(checkpoint_path) != meta["checkpoint_sha256"]:
             raise GalbenchError("checkpoint does not match the ONNX model's checkpoint_sha256",
                                 where=str(checkpoint_path))
         self.device = device
-        self.model = deployed_from_checkpoint(load_checkpoint(checkpoint_path)).to(device)
+        self.model = deployed_from_metadata(load_checkpoint(checkpoint_path), meta).to(device)
         self.half = device.type == "cuda"
         if self.half:
             self.model = self.model.half().to(memory_format=torch.channels_last)
             self.model.normalizer.float()
         self.providers = [f"torch {device}{' fp16 channels_last' if self.half else ' fp32'}"]
+        self.outputs = outputs
 
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(images).to(self.device, non_blocking=True)
-        if self.half:
-            inputs = self.model.normalizer(batch).half().contiguous(memory_format=torch.channels_last)
-            logits = self.model.model(inputs).float()
-            return torch.softmax(logits, 1).cpu().numpy()
-        return self.model(batch)[1].numpy()
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        # batches may be read-only views of the memory-mapped catalog, which torch will not wrap
+        batch = torch.from_numpy(images if images.flags.writeable else np.array(images)).to(self.device,
+                                                                                          non_blocking=True)
+        computed = dict(zip(("logits", "probabilities", "embeddings", "agreement"), self.model(batch), strict=True))
+        return {name: computed[name].float().cpu().numpy() for name in self.outputs}
 
 
-def choose_backend(name: str, model_path: Path, meta: dict, batch_size: int):
+def choose_backend(name: str, model_path: Path, meta: dict, batch_size: int, outputs: list[str]):
     """`auto`: ONNX Runtime where it has a GPU provider, else torch on CUDA, else ONNX Runtime on the CPU."""
     import onnxruntime as ort
 
@@ -116,10 +124,10 @@ def choose_backend(name: str, model_path: Path, meta: dict, batch_size: int):
         has_gpu_provider = any(p in GPU_PROVIDERS for p in ort.get_available_providers())
         name = "onnxruntime" if has_gpu_provider or not torch.cuda.is_available() else "torch"
     if name == "onnxruntime":
-        return OnnxRuntimeBackend(model_path, batch_size, meta["input_size"])
+        return OnnxRuntimeBackend(model_path, batch_size, meta["input_size"], outputs)
     if name == "torch":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return TorchBackend(model_path.with_suffix(".pt"), meta["checkpoint_sha256"], device)
+        return TorchBackend(model_path.with_suffix(".pt"), meta, device, outputs)
     raise GalbenchError(f"unknown backend {name!r}", fix="auto, onnxruntime or torch")
 
 
@@ -127,19 +135,26 @@ def choose_backend(name: str, model_path: Path, meta: dict, batch_size: int):
 class _Source:
     """Where images come from: the IMAGES cube, or a column of image paths relative to the catalog."""
 
-    catalog: Catalog
+    catalog: InputCatalog
     size: int
     crop: float
     path_column: str | None
     skip_bad: bool
+    stretch: dict
 
-    def batch(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Prepared uint8 images of rows [start, stop) and a mask of rows that could not be read."""
+    def batch(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Prepared uint8 images of rows [start, stop), a mask of unreadable rows, filled pixels per row."""
+        filled = np.zeros(stop - start, np.int32)
         if self.path_column is None:
-            # copy out of the memory map here, in the prefetch thread, so page faults overlap inference
-            rows = np.array(self.catalog.images[start:stop])
-            return prepare_images(rows, self.crop, self.size).numpy(), np.zeros(stop - start, bool)
-        from galbench.data.importers import load_image
+            rows = self.catalog.images[start:stop]
+            if self.crop >= 1 and rows.shape[-1] == self.size and rows.shape[-2] == self.size:
+                # already the model's size: hand the backend the memory map itself, no copy; touching one byte
+                # per page here, in the prefetch thread, makes the page faults overlap inference instead
+                np.asarray(rows).reshape(-1)[::mmap.PAGESIZE].sum()
+                return rows, np.zeros(stop - start, bool), filled
+            return prepare_images(np.asarray(rows), self.crop, self.size).numpy(), np.zeros(stop - start, bool), filled
+        from galbench.data.importers import crop_and_resize, load_image
+        from galbench.data.stretch import load_fits_image
 
         images = np.zeros((stop - start, 3, self.size, self.size), np.uint8)
         bad = np.zeros(stop - start, bool)
@@ -147,26 +162,31 @@ class _Source:
         for offset, row in enumerate(range(start, stop)):
             path = base / str(self.catalog.table[self.path_column][row])
             try:
-                image = load_image(path).transpose(2, 0, 1)[None]
-                images[offset] = prepare_images(image, self.crop, self.size).numpy()[0]
+                if path.suffix.lower() in (".fits", ".fit"):
+                    image, filled[offset] = load_fits_image(path, self.stretch)
+                else:
+                    image = load_image(path)
+                # the import's resampling rule (PIL Lanczos), so classified files match imported ones
+                images[offset] = crop_and_resize(image, self.crop if self.crop < 1 else None,
+                                                 self.size).transpose(2, 0, 1)
             except (ValueError, OSError) as exc:
                 if not self.skip_bad:
-                    raise GalbenchError(f"row {row} (objid {self.catalog.table['objid'][row]}): {exc}",
-                                        where=str(path), fix="fix the file, or pass --skip-bad to flag the row") from None
+                    raise GalbenchError(f"{self.catalog.row_name(row)}: {exc}", where=str(path),
+                                        fix="fix the file, or pass --skip-bad to flag the row") from None
                 bad[offset] = True
-        return images, bad
+        return images, bad, filled
 
 
-def _batches(source: _Source, start: int, stop: int, batch_size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def _batches(source: _Source, start: int, stop: int, batch_size: int) -> Iterator[tuple[int, tuple]]:
     """Batches of [start, stop), the next one prepared in a thread while the caller runs the current one."""
     bounds = [(s, min(s + batch_size, stop)) for s in range(start, stop, batch_size)]
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(source.batch, *bounds[0]) if bounds else None
         for index, (lo, _) in enumerate(bounds):
-            images, bad = pending.result()
+            prepared = pending.result()
             if index + 1 < len(bounds):
                 pending = pool.submit(source.batch, *bounds[index + 1])
-            yield lo, images, bad
+            yield lo, prepared
 
 
 def resolve_model(model: Path | None, run_dir: Path | None) -> Path:
@@ -182,89 +202,165 @@ def resolve_model(model: Path | None, run_dir: Path | None) -> Path:
     return winner
 
 
+def wanted_outputs(meta: dict, embeddings: bool, model_path: Path) -> list[str]:
+    """The graph outputs classify needs: probabilities, agreement under rotation averaging, embeddings."""
+    outputs = ["probabilities"] + (["agreement"] if meta["tta_views"] > 1 else [])
+    if embeddings:
+        if "embeddings" not in meta["outputs"]:
+            raise GalbenchError("this model has no embeddings output (exported by an older galbench)",
+                                where=str(model_path), fix="export it again with galbench export")
+        outputs.append("embeddings")
+    return outputs
+
+
 def classify(input_path: str | Path, model: str | Path | None = None, run: str | Path | None = None,
              out: str | Path | None = None, backend: str = "auto", batch_size: int = 256, resume: bool = False,
              skip_bad: bool = False, copy_images: bool = False, progress: Callable[[int], None] | None = None,
-             executor: str = "local", address: str | None = None, fetch=None) -> Table:
-    """Classify every galaxy of a catalog FITS file; returns the output table (and writes it if `out`).
+             executor: str = "local", address: str | None = None, fetch=None, embeddings: bool = False) -> Table:
+    """Classify every galaxy of a catalog; returns the output table (and writes it if `out`).
 
     `fetch` (an `sdss.CutoutSpec`-like dict: scale, release, base_url, workers) classifies a catalog that has
-    only coordinates, fetching and caching its SDSS cutouts first.
+    only coordinates, fetching and caching its SDSS cutouts first, at the model's input pixel scale unless
+    `scale` is given. `embeddings` adds the penultimate-layer vector of every galaxy as column `embedding`.
     """
     input_path = Path(input_path)
     model_path = resolve_model(Path(model) if model else None, Path(run) if run else None)
     meta = read_metadata(model_path)
-    catalog = read_catalog(input_path, require_images=False)
-    path_column = None
+    outputs = wanted_outputs(meta, embeddings, model_path)
+    if out is not None:
+        check_writable(Path(out), embeddings)
+    catalog = read_input(input_path)
+    path_column = catalog.path_column if catalog.images is None else None
     fetched_column = None
-    if catalog.images is None:
-        path_column = next((c for c in ("image_path", "path", "filename") if c in catalog.table.colnames), None)
-        if path_column is None and fetch is not None:
+    if catalog.images is None and path_column is None:
+        if fetch is not None:
             path_column = fetched_column = _fetch_cutouts(catalog, meta, fetch, skip_bad, input_path)
-        if path_column is None:
+        else:
             raise GalbenchError("no IMAGES HDU and no image_path column", where=str(input_path),
                                 fix="add an IMAGES HDU or a column image_path of JPEG/PNG/FITS paths, or pass "
                                     "--fetch to fetch SDSS cutouts for its ra/dec")
-    if (catalog.labels >= 0).any() and catalog.classes != meta["classes"]:
+    labels = np.asarray(catalog.table["label"]) if "label" in catalog.table.colnames else None
+    if (labels is not None and catalog.classes is not None and (labels >= 0).any()
+            and catalog.classes != meta["classes"]):
         raise GalbenchError(f"the catalog's classes {catalog.classes} do not match the model's {meta['classes']}",
                             where=str(input_path))
+    if copy_images and catalog.images is None:
+        raise GalbenchError("--copy-images needs a catalog with an IMAGES HDU", where=str(input_path))
     if batch_size < 1:
         raise GalbenchError("--batch-size must be at least 1")
     if executor == "ray" and backend == "torch":
         raise GalbenchError("the Ray executor classifies with ONNX Runtime", fix="use --backend auto or onnxruntime")
-    engine = choose_backend("onnxruntime" if executor == "ray" else backend, model_path, meta, batch_size)
-    source = _Source(catalog, meta["input_size"], meta["crop"], path_column, skip_bad)
+    engine = choose_backend("onnxruntime" if executor == "ray" else backend, model_path, meta, batch_size, outputs)
+    source = _Source(catalog, meta["input_size"], meta["crop"], path_column, skip_bad, meta["stretch"])
     n_rows = len(catalog)
+    model_sha256 = file_sha256(model_path)
     partial = Path(str(out) + ".partial") if out else None
-    manifest = {"model_sha256": file_sha256(model_path), "input": str(input_path.resolve()), "rows": n_rows,
-                "chunk_rows": CHUNK_ROWS}
     if partial is not None:
-        if partial.exists() and not (resume and _manifest_matches(partial, manifest)):
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(partial / "manifest.json", manifest)
-    probabilities = np.zeros((n_rows, len(meta["classes"])), np.float32)
-    bad_rows = np.zeros(n_rows, bool)
+        manifest = {"model_sha256": model_sha256, "input": str(input_path.resolve()), "rows": n_rows,
+                    "chunk_rows": CHUNK_ROWS, "outputs": outputs, "input_fingerprint": fingerprint(catalog)}
+        _prepare_partial(partial, manifest, resume)
+    results = _Results(n_rows)
     start_wall = time.perf_counter()
     todo = []
     for chunk_start in range(0, n_rows, CHUNK_ROWS):
         chunk_stop = min(chunk_start + CHUNK_ROWS, n_rows)
         done = partial / f"rows_{chunk_start:012d}.npz" if partial else None
         if done is not None and done.exists():
-            stored = np.load(done)
-            probabilities[chunk_start:chunk_stop], bad_rows[chunk_start:chunk_stop] = stored["p"], stored["bad"]
+            with np.load(done) as stored:
+                results.put(chunk_start, dict(stored))
             if progress:
                 progress(chunk_stop - chunk_start)
         else:
             todo.append((chunk_start, chunk_stop))
     if executor == "ray":
-        finished = _ray_chunks(todo, source, model_path, meta, batch_size, address, progress)
+        finished = _ray_chunks(todo, source, model_path, meta, batch_size, outputs, address, progress)
     else:
         finished = (_local_chunk(engine, source, lo, hi, batch_size, progress) for lo, hi in todo)
-    for chunk_start, chunk_stop, chunk_probabilities, chunk_bad in finished:
-        probabilities[chunk_start:chunk_stop], bad_rows[chunk_start:chunk_stop] = chunk_probabilities, chunk_bad
-        if partial is not None:
-            done = partial / f"rows_{chunk_start:012d}.npz"
-            tmp = done.with_suffix(".tmp.npz")
-            np.savez(tmp, p=chunk_probabilities, bad=chunk_bad)
-            tmp.rename(done)
+    with ThreadPoolExecutor(max_workers=1) as writer:  # chunk files are written while the next chunk runs
+        pending = []
+        for chunk_start, chunk in finished:
+            results.put(chunk_start, chunk)
+            if partial is not None:
+                pending.append(writer.submit(_save_chunk, partial / f"rows_{chunk_start:012d}.npz", chunk))
+        for future in pending:
+            future.result()
     wall = time.perf_counter() - start_wall
     if fetched_column:
         catalog.table.remove_column(fetched_column)
-    table = _output_table(catalog.table, meta["classes"], probabilities, bad_rows, skip_bad)
-    table.meta.update({"MODELSHA": manifest["model_sha256"],
-                       "BACKEND": engine.name + (" on ray" if executor == "ray" else ""),
+    table = _output_table(catalog.table, meta, results, skip_bad, path_column is not None)
+    model_name = " ".join(f"{key} {meta[key]}" for key in ("variant", "seed", "run") if key in meta)
+    table.meta.update({"MODELSHA": model_sha256, "BACKEND": engine.name + (" on ray" if executor == "ray" else ""),
                        "PROVIDRS": ",".join(engine.providers), "GAL_PER_S": round(n_rows / max(wall, 1e-9), 1),
-                       "MODEL": model_path.name})
+                       "MODEL": model_name or model_path.name, "MODELFIL": model_path.name,
+                       "TEMPERAT": meta["temperature"], "TTAVIEWS": meta["tta_views"],
+                       "PRECISN": meta.get("precision", "fp32"), "STRETCH": meta["stretch"]["kind"]})
+    if path_column is not None:
+        table.meta["NANFILLD"] = int(results.filled.sum())
     if out is not None:
-        result = Catalog(table=table, classes=meta["classes"], images=catalog.images if copy_images else None,
-                         bands=catalog.bands, pixscale=catalog.pixscale, source=catalog.source)
-        write_catalog(out, result, include_images=copy_images)
+        history = [f"galbench classify {input_path.name}: model {model_path.name} "
+                   f"({meta.get('model', '?')}, {model_name or 'no run recorded'}), sha256 {model_sha256[:16]}",
+                   f"{engine.name} ({','.join(engine.providers)}), temperature {meta['temperature']:.4g}, "
+                   f"{meta['tta_views']} view(s), {meta.get('precision', 'fp32')}, {n_rows} rows"]
+        images = fits.open(input_path, memmap=True)["IMAGES"] if copy_images else None
+        cards = {key: table.meta[key] for key in ("MODEL", "MODELFIL", "MODELSHA", "BACKEND", "PROVIDRS",
+                                                  "GAL_PER_S", "TEMPERAT", "TTAVIEWS", "PRECISN", "STRETCH",
+                                                  "NANFILLD") if key in table.meta}
+        cards["CLASSES"] = ",".join(meta["classes"])
+        body = table.copy(copy_data=False)
+        for key in cards:
+            body.meta.pop(key, None)
+        write_output(out, body, catalog.primary_header, cards, history, images)
         shutil.rmtree(partial, ignore_errors=True)
     return table
 
 
-def _fetch_cutouts(catalog: Catalog, meta: dict, fetch: dict, skip_bad: bool, input_path: Path) -> str:
+class _Results:
+    """Per-row outputs of the whole catalog, filled chunk by chunk (allocated at the first chunk)."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def put(self, start: int, chunk: dict[str, np.ndarray]) -> None:
+        for name, values in chunk.items():
+            if name not in self.arrays:
+                self.arrays[name] = np.zeros((self.rows, *values.shape[1:]), values.dtype)
+            self.arrays[name][start:start + len(values)] = values
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        try:
+            return self.__dict__["arrays"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _save_chunk(path: Path, chunk: dict[str, np.ndarray]) -> None:
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **chunk)
+    tmp.rename(path)
+
+
+def _prepare_partial(partial: Path, manifest: dict, resume: bool) -> None:
+    """Start OUT.partial/ afresh, or keep it for --resume where it was made from the same model and input."""
+    if partial.exists() and resume:
+        try:
+            stored = json.loads((partial / "manifest.json").read_text())
+        except (OSError, ValueError):
+            stored = {}
+        differs = [key for key in manifest if stored.get(key) != manifest[key]]
+        if differs:
+            what = {"input_fingerprint": "the input file's content", "model_sha256": "the model",
+                    "rows": "the row count", "input": "the input path"}
+            raise GalbenchError(f"cannot resume: {', '.join(what.get(k, k) for k in differs)} changed since the "
+                                "partial results were computed", where=str(partial),
+                                fix="drop --resume to classify from the start")
+    elif partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(partial / "manifest.json", manifest)
+
+
+def _fetch_cutouts(catalog: InputCatalog, meta: dict, fetch: dict, skip_bad: bool, input_path: Path) -> str:
     """Fetch (or find cached) the SDSS cutouts of a coordinates-only catalog; returns the path column's name."""
     from galbench.data import sdss
 
@@ -275,43 +371,52 @@ def _fetch_cutouts(catalog: Catalog, meta: dict, fetch: dict, skip_bad: bool, in
     spec = sdss.CutoutSpec(width=side, height=side, release=fetch.get("release", "dr17"),
                            base_url=fetch.get("base_url"))
     ra, dec = np.asarray(catalog.table["ra"], float), np.asarray(catalog.table["dec"], float)
-    paths, report = sdss.fetch_cutouts(ra, dec, np.full(len(ra), float(fetch.get("scale", 0.4))), spec,
+    # the training images' pixel scale where the model records it, so fetched galaxies look the same size
+    scale = fetch.get("scale") or float(meta.get("input_pixscale_arcsec", sdss_default_scale()))
+    paths, report = sdss.fetch_cutouts(ra, dec, np.full(len(ra), scale), spec,
                                        workers=fetch.get("workers", 4), timeout=fetch.get("timeout", 30.0),
                                        retries=fetch.get("retries", 3))
     if report.failed and not skip_bad:
         row, reason = report.failed[0]
-        raise GalbenchError(f"{len(report.failed)} cutouts could not be fetched; first: row {row} "
-                            f"(objid {catalog.table['objid'][row]}): {reason}", where=str(input_path),
+        raise GalbenchError(f"{len(report.failed)} cutouts could not be fetched; first: {catalog.row_name(row)}: "
+                            f"{reason}", where=str(input_path),
                             fix="pass --skip-bad to flag those rows and go on")
     catalog.table["_cutout_path"] = [str(path) if path else "/nonexistent/not-fetched" for path in paths]
     return "_cutout_path"
 
 
+def sdss_default_scale() -> float:
+    """The SkyServer cutout scale used when a model records no pixel scale (arcsec/pixel)."""
+    return 0.4
+
+
 def _local_chunk(engine, source: _Source, start: int, stop: int, batch_size: int, progress):
-    """Classify rows [start, stop) here, batch by batch; returns (start, stop, probabilities, bad)."""
-    parts, bads = [], []
-    for lo, images, bad in _batches(source, start, stop, batch_size):
-        parts.append(engine(images))
-        bads.append(bad)
+    """Classify rows [start, stop) here, batch by batch; returns (start, {output: values, bad, filled})."""
+    parts: list[dict[str, np.ndarray]] = []
+    for lo, (images, bad, filled) in _batches(source, start, stop, batch_size):
+        parts.append({**engine(images), "bad": bad, "filled": filled})
         if source.path_column is None:
             release_pages(source.catalog.images, lo, lo + len(images))
         if progress:
             progress(len(images))
-    return start, stop, np.concatenate(parts), np.concatenate(bads)
+    return start, {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
-def _remote_classify(model_bytes: bytes, input_size: int, batch_size: int, images: np.ndarray) -> np.ndarray:
+def _remote_classify(model_bytes: bytes, input_size: int, batch_size: int, outputs: list[str],
+                     images: np.ndarray) -> dict[str, np.ndarray]:
     """Body of a Ray task: ONNX Runtime on one shard of prepared images."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="galbench-classify-") as work:
         path = Path(work) / "model.onnx"
         path.write_bytes(model_bytes)
-        engine = OnnxRuntimeBackend(path, batch_size, input_size)
-        return np.concatenate([engine(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+        engine = OnnxRuntimeBackend(path, batch_size, input_size, outputs)
+        parts = [engine(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in outputs}
 
 
-def _ray_chunks(todo, source: _Source, model_path: Path, meta: dict, batch_size: int, address, progress):
+def _ray_chunks(todo, source: _Source, model_path: Path, meta: dict, batch_size: int, outputs: list[str], address,
+                progress):
     """Classify shards as Ray tasks where workers are free; yield them in row order as they complete."""
     from galbench.cluster import connect_ray
 
@@ -326,12 +431,13 @@ def _ray_chunks(todo, source: _Source, model_path: Path, meta: dict, batch_size:
     while queue or pending:
         while queue and len(pending) < in_flight:
             start, stop = queue.pop(0)
-            images, bad = source.batch(start, stop)
-            pending[remote.remote(model_ref, meta["input_size"], batch_size, images)] = (start, stop, bad)
+            images, bad, filled = source.batch(start, stop)
+            pending[remote.remote(model_ref, meta["input_size"], batch_size, outputs, images)] = (start, stop, bad,
+                                                                                                filled)
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
-            start, stop, bad = pending.pop(ref)
-            finished[start] = (start, stop, ray.get(ref), bad)
+            start, stop, bad, filled = pending.pop(ref)
+            finished[start] = (start, {**ray.get(ref), "bad": bad, "filled": filled})
             if progress:
                 progress(stop - start)
         while next_index < len(todo) and todo[next_index][0] in finished:
@@ -339,24 +445,39 @@ def _ray_chunks(todo, source: _Source, model_path: Path, meta: dict, batch_size:
             next_index += 1
 
 
-def _manifest_matches(partial: Path, manifest: dict) -> bool:
-    try:
-        return json.loads((partial / "manifest.json").read_text()) == manifest
-    except (OSError, ValueError):
-        return False
+def _output_table(table: Table, meta: dict, results: _Results, flag_bad: bool, from_files: bool) -> Table:
+    """The input's columns (units, nulls, descriptions kept) plus the prediction columns.
 
-
-def _output_table(table: Table, classes: list[str], probabilities: np.ndarray, bad: np.ndarray,
-                  flag_bad: bool) -> Table:
-    """The input's columns plus pred_label, pred_class, prob_<class>, pred_confidence (and bad_image)."""
+    pred_label (TNULL -1 where the image was bad), pred_class, prob_<class>, pred_confidence, and where they
+    apply pred_agreement (rotation averaging), bad_image (--skip-bad), filled_pixels (image files) and
+    embedding (--embeddings).
+    """
+    classes, views = meta["classes"], meta["tta_views"]
+    probabilities, bad = results.probabilities, results.bad.astype(bool)
     result = table.copy(copy_data=False)
     labels = probabilities.argmax(1).astype(np.int16)
     labels[bad] = -1
-    result["pred_label"] = labels
-    result["pred_class"] = np.asarray([classes[k] if k >= 0 else "" for k in labels], dtype=str)
+    result["pred_label"] = MaskedColumn(labels, mask=bad, fill_value=-1,
+                                        description="predicted class index (null where the image was unusable)")
+    result["pred_class"] = np.asarray(classes + [""])[labels]
+    result["pred_class"].description = "predicted class name (empty where the image was unusable)"
+    how = (f"mean over {views} rotated/flipped views of " if views > 1 else "") + \
+        f"softmax(logits / {meta['temperature']:.4g})"
     for index, name in enumerate(classes):
         result[f"prob_{name.replace('-', '_')}"] = probabilities[:, index]
+        result[f"prob_{name.replace('-', '_')}"].description = f"probability of {name}: {how}"
     result["pred_confidence"] = np.where(bad, np.float32(np.nan), probabilities.max(1))
+    result["pred_confidence"].description = "probability of the predicted class"
+    if views > 1:
+        result["pred_agreement"] = np.where(bad, np.float32(np.nan), results.agreement)
+        result["pred_agreement"].description = f"fraction of the {views} views whose argmax is pred_label"
     if flag_bad:
         result["bad_image"] = bad
+        result["bad_image"].description = "true where the image could not be read"
+    if from_files:
+        result["filled_pixels"] = results.filled.astype(np.int32)
+        result["filled_pixels"].description = "non-finite FITS pixel values filled before stretching"
+    if "embeddings" in results.arrays:
+        result["embedding"] = results.embeddings.astype(np.float32)
+        result["embedding"].description = "penultimate-layer vector (view-averaged)"
     return result

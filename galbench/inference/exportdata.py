@@ -1,0 +1,62 @@
+"""The images an export needs: a parity sample, labelled validation images (temperature, int8 gate) and
+training images (int8 ranges), from a run directory's own split or from a labelled catalog."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from galbench.data.catalog import Catalog, read_catalog
+from galbench.data.tensors import map_classes
+from galbench.errors import GalbenchError
+
+
+@dataclass
+class ExportData:
+    """Raw catalog images (uint8 N, 3, H, W) and labels in the checkpoint's class order."""
+
+    sample: np.ndarray
+    val_images: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+    train_images: np.ndarray | None = None
+    pixscale: float | None = None
+
+
+def run_catalog(run_dir: Path) -> tuple[Catalog, np.ndarray, dict]:
+    """A run's catalog, its labels as the suite mapped them, and its split (split.json)."""
+    run_dir = Path(run_dir)
+    try:
+        split = json.loads((run_dir / "split.json").read_text())
+        resolved = json.loads((run_dir / "suite.resolved.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise GalbenchError(f"not a readable run directory ({type(exc).__name__})", where=str(run_dir),
+                            fix="pass the folder galbench run wrote (with split.json)") from None
+    catalog = read_catalog(resolved["catalog_path"])
+    _, labels = map_classes(catalog, resolved["data"].get("classes"), resolved["data"].get("ttype_bins"))
+    return catalog, labels, split
+
+
+def from_run(run_dir: Path, classes: list[str], parity_images: int) -> ExportData:
+    """The run's validation split and training split, labelled as the suite mapped them."""
+    catalog, labels, split = run_catalog(run_dir)
+    if split["classes"] != classes:
+        raise GalbenchError(f"the run's classes {split['classes']} differ from the checkpoint's {classes}",
+                            where=str(run_dir))
+    val, train = np.asarray(split["val"]), np.asarray(split["train"])
+    val_images = np.asarray(catalog.images[val])
+    return ExportData(val_images[:parity_images], val_images, labels[val], np.asarray(catalog.images[train]),
+                      catalog.pixscale)
+
+
+def from_catalog(path: Path, classes: list[str], parity_images: int) -> ExportData:
+    """A catalog's images; its labelled rows (class names as the checkpoint's) for calibration and the gate."""
+    catalog = read_catalog(path)
+    labelled = np.flatnonzero(catalog.labels >= 0)
+    data = ExportData(np.asarray(catalog.images[:parity_images]), train_images=np.asarray(catalog.images),
+                      pixscale=catalog.pixscale)
+    if labelled.size and catalog.classes == classes:
+        data.val_images, data.val_labels = np.asarray(catalog.images[labelled]), catalog.labels[labelled]
+    return data

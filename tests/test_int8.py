@@ -1,0 +1,65 @@
+"""int8 export: QDQ static quantisation that ships only through the accuracy and agreement gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from galbench.data.catalog import read_catalog
+from galbench.errors import GalbenchError
+from galbench.inference.export import export_onnx, read_metadata
+
+
+@pytest.fixture(scope="module")
+def run_data(finished_suite):
+    resolved = json.loads((finished_suite / "suite.resolved.json").read_text())
+    split = json.loads((finished_suite / "split.json").read_text())
+    catalog = read_catalog(resolved["catalog_path"])
+    return np.asarray(catalog.images), catalog.labels, split
+
+
+def test_cli_int8_export_passes_the_gate_and_classifies(cli, finished_suite, tmp_path):
+    out = tmp_path / "int8.onnx"
+    code, stdout, err = cli("export", finished_suite / "runs" / "scratch__seed0" / "best.pt", out,
+                            "--run", finished_suite, "--int8")
+    assert code == 0, err
+    meta = read_metadata(out)
+    gate = json.loads(meta["quantization"])
+    assert meta["precision"] == "int8" and gate["format"] == "QDQ"
+    assert abs(gate["val_accuracy_int8"] - gate["val_accuracy_fp32"]) <= 0.005 and gate["argmax_agreement"] >= 0.99
+    assert "int8 on" in stdout
+    proto = onnx.load(str(out))
+    ops = {node.op_type for node in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    weights = [w for w in proto.graph.initializer if w.data_type == onnx.TensorProto.INT8 and len(w.dims) == 4]
+    assert weights  # convolution weights stored as int8
+    scales = [w for w in proto.graph.initializer if w.name.endswith("_scale") and len(w.dims) == 1 and w.dims[0] > 1]
+    assert scales  # per-channel scales
+    from galbench.inference.classify import classify
+
+    resolved = json.loads((finished_suite / "suite.resolved.json").read_text())
+    table = classify(resolved["catalog_path"], model=out)
+    assert table.meta["PRECISN"] == "int8" and len(table) == 300
+
+
+def test_int8_gate_fails_when_calibrated_on_black_images(finished_suite, run_data, tmp_path):
+    images, labels, split = run_data
+    val = np.asarray(split["val"])
+    black = np.zeros((64, 3, 64, 64), np.uint8)  # activation ranges of an empty sky: real galaxies saturate them
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(GalbenchError, match="int8 model fails the parity gate") as raised:
+        export_onnx(finished_suite / "runs" / "scratch__seed0" / "best.pt", out, images[val[:8]],
+                    val_images=images[val], val_labels=labels[val], int8=True, int8_images=black)
+    assert "argmax agreement" in str(raised.value) and "accuracy" in str(raised.value)
+    assert not out.exists() and not out.with_suffix(".pt").exists()
+
+
+def test_int8_needs_labelled_validation_images(finished_suite, run_data, tmp_path):
+    images, _, _ = run_data
+    with pytest.raises(GalbenchError, match="int8 export needs"):
+        export_onnx(finished_suite / "runs" / "scratch__seed0" / "best.pt", tmp_path / "x.onnx", images[:8],
+                    int8=True, int8_images=images[:64])
+    assert not (tmp_path / "x.onnx").exists()
