@@ -1,4 +1,5 @@
-"""Pretraining sources that work offline: fractals (FractalDB-style) and other galaxy catalogs.
+"""Pretraining sources that work offline: fractals (FractalDB-style), other galaxy catalogs, and
+self-supervised learning on any catalog (galbench.experiment.ssl).
 
 A pretraining is one ordinary galbench training run on the source data, so it has the same accounting,
 event log and resume. Its checkpoint carries its cost in `meta.pretrain_cost` (samples, FLOPs,
@@ -20,6 +21,7 @@ from galbench.data.fractal import FractalParams, generate
 from galbench.data.synth import cached_synth_catalog
 from galbench.data.tensors import SplitImages, stratified_split
 from galbench.errors import GalbenchError
+from galbench.experiment.ssl import ensure_ssl_pretraining
 from galbench.experiment.suite import (
     AugmentSection,
     FractalSection,
@@ -102,6 +104,8 @@ def ensure_for_variant(variant: Variant, suite: Suite, base: Path, device: torch
                              display)
         return path
     section = next(p for p in suite.pretrained if p.name == name)
+    if section.method != "supervised":
+        return ensure_ssl_pretraining(section, variant.model, suite, base, device, display)
     return ensure_catalog_pretraining(section, variant.model, suite, base, device, display)
 
 
