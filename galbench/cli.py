@@ -144,11 +144,16 @@ def _cmd_pretrain_fractal(args) -> None:
     from galbench.console import RunDisplay
     from galbench.data.fractal import FractalParams
     from galbench.experiment.pretrain import pretrain_fractal
+    from galbench.experiment.suite import FRACTAL_PRESETS
     from galbench.experiment.train import resolve_device
 
-    params = FractalParams(classes=args.classes, per_class=args.per_class, size=args.size, seed=args.seed)
+    preset = FRACTAL_PRESETS[args.preset]
+    given = {key: getattr(args, key) for key in ("classes", "per_class", "recipe", "epochs", "batch_size")}
+    chosen = {key: preset[key] if value is None else value for key, value in given.items()}
+    params = FractalParams(classes=chosen["classes"], per_class=chosen["per_class"], size=args.size, seed=args.seed,
+                           recipe=chosen["recipe"])
     with RunDisplay() as display:
-        pretrain_fractal(args.out, params, args.model, args.epochs, args.lr, args.batch_size,
+        pretrain_fractal(args.out, params, args.model, chosen["epochs"], args.lr, chosen["batch_size"],
                          resolve_device(args.device), display)
     _print_checkpoint_cost(args.out)
 
@@ -427,11 +432,18 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain_commands = pretrain.add_subparsers(dest="pretrain_command", metavar="SOURCE")
     fractal = pretrain_commands.add_parser(
         "fractal", help="FractalDB-style formula-driven images (Kataoka et al. 2020)", formatter_class=formatter,
-        description="Generate a labelled set of fractals (one random IFS per class) and pretrain on it.",
-        epilog="example:\n  galbench pretrain fractal fractal.pt --classes 32 --per-class 64 --size 64 --model alexnet-small")
+        description="Generate a labelled set of fractals (one random IFS per class) and pretrain on it. The set is\n"
+                    "streamed to a cached file (memory stays flat at any size) and reused by later pretrainings.\n"
+                    "--preset sets the defaults of --classes, --per-class, --recipe, --epochs and --batch-size:\n"
+                    "  cpu           32 x 64, galbench's recipe, 8 epochs, batch 128 (minutes on a CPU)\n"
+                    "  fractaldb-1k  1,000 x 1,000, FractalDB's recipe, 90 epochs, batch 256 (Kataoka et al. 2020)",
+        epilog="examples:\n  galbench pretrain fractal fractal.pt --classes 32 --per-class 64 --size 64 --model alexnet-small\n"
+               "  galbench pretrain fractal fdb1k.pt --preset fractaldb-1k --size 64 --device cuda")
     fractal.add_argument("out", type=Path, help="output checkpoint (.pt)")
-    fractal.add_argument("--classes", type=int, default=32, help="number of fractal classes (default 32)")
-    fractal.add_argument("--per-class", type=int, default=64, help="images per class (default 64)")
+    fractal.add_argument("--preset", choices=["cpu", "fractaldb-1k"], default="cpu", help="default cpu")
+    fractal.add_argument("--classes", type=int, help="number of fractal classes (preset: 32 or 1000)")
+    fractal.add_argument("--per-class", type=int, help="images per class (preset: 64 or 1000)")
+    fractal.add_argument("--recipe", choices=["galbench", "fractaldb"], help="how categories and instances are made")
     fractal.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     fractal.add_argument("--seed", type=int, default=0)
     catalog_pre = pretrain_commands.add_parser(
@@ -471,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
         sub.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         sub.set_defaults(handler=handler)
+    fractal.set_defaults(epochs=None, batch_size=None)  # from the preset unless given
 
     export = commands.add_parser(
         "export", help="export a checkpoint to a self-describing, parity-checked ONNX model",

@@ -11,13 +11,12 @@ everything that made them, so every seed of a suite, and every later suite, reus
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import torch
 
 from galbench.data.catalog import Catalog, read_catalog
-from galbench.data.fractal import FractalParams, generate
+from galbench.data.fractal import FractalParams, cached_fractal_set
 from galbench.data.synth import cached_synth_catalog
 from galbench.data.tensors import SplitImages, stratified_split
 from galbench.errors import GalbenchError
@@ -41,7 +40,8 @@ PRETRAIN_SPLIT = (0.85, 0.1, 0.05)
 
 def pretrain_on_catalog(catalog: Catalog, out: Path, model: str, image_size: int, epochs: int, lr: float,
                         batch_size: int, device: torch.device, source: dict, seed: int = 0,
-                        generation_seconds: float = 0.0, display=None) -> Path:
+                        generation_seconds: float = 0.0, display=None,
+                        augment: AugmentSection | None = None) -> Path:
     """Supervised pretraining of `model` on a catalog; writes a checkpoint whose meta holds its cost."""
     build_model(model, len(catalog.classes))  # fail early on an unknown model name
     labels = catalog.labels
@@ -52,7 +52,7 @@ def pretrain_on_catalog(catalog: Catalog, out: Path, model: str, image_size: int
     train_cfg = TrainSection(optimizer="adamw", lr=lr, weight_decay=0.05, epochs=epochs, batch_size=batch_size,
                              device=str(device))
     spec = RunSpec(variant=f"pretrain-{source['kind']}", seed=seed, model=model, classes=catalog.classes,
-                   train=train_cfg, augment=AugmentSection(), image_size=image_size, crop=1.0, thresholds=[],
+                   train=train_cfg, augment=augment or AugmentSection(), image_size=image_size, crop=1.0, thresholds=[],
                    meta={"suite": "pretrain"})
     work = out.with_name(out.name + ".work")
     if display:
@@ -72,22 +72,28 @@ def pretrain_on_catalog(catalog: Catalog, out: Path, model: str, image_size: int
     return out
 
 
+def fractal_augment(params: FractalParams) -> AugmentSection:
+    """Augmentation of a fractal pretraining: FractalDB's published one, a random crop of 224 of 256 px (that is
+    shifts of up to 1/16 of the side; the flips are already among the instances), or galbench's default."""
+    if params.recipe == "fractaldb":
+        return AugmentSection(flips=False, rot90=False, shift=max(1, round(params.size / 16)))
+    return AugmentSection()
+
+
 def pretrain_fractal(out: Path, params: FractalParams, model: str, epochs: int, lr: float, batch_size: int,
                      device: torch.device, display=None) -> Path:
-    """Generate a fractal set and pretrain `model` on it (the `galbench pretrain fractal` command)."""
+    """Generate (or reuse) a fractal set and pretrain `model` on it (the `galbench pretrain fractal` command).
+
+    The set is streamed to a cached catalog file and read back memory-mapped, so a FractalDB-1k-sized set
+    never has to fit in memory.
+    """
     params.check()
-    start = time.perf_counter()
-    total = params.classes * params.per_class
-    if display:
-        with display.bar("generating fractals", total, "images") as advance:
-            catalog = generate(params, progress=advance)
-    else:
-        catalog = generate(params)
-    generation_seconds = time.perf_counter() - start
+    data_file, generation_seconds = cached_fractal_set(params, display.bar if display else None)
     source = {"kind": "fractal", **params.__dict__, "model": model, "epochs": epochs, "lr": lr,
               "batch_size": batch_size}
-    return pretrain_on_catalog(catalog, out, model, params.size, epochs, lr, batch_size, device, source,
-                               seed=params.seed, generation_seconds=generation_seconds, display=display)
+    return pretrain_on_catalog(read_catalog(data_file), out, model, params.size, epochs, lr, batch_size, device,
+                               source, seed=params.seed, generation_seconds=generation_seconds, display=display,
+                               augment=fractal_augment(params))
 
 
 def ensure_for_variant(variant: Variant, suite: Suite, base: Path, device: torch.device, display=None) -> Path:
@@ -99,7 +105,7 @@ def ensure_for_variant(variant: Variant, suite: Suite, base: Path, device: torch
         path = cache_dir("pretrain") / f"fractal-{content_hash(key)}.pt"
         if not path.exists():
             params = FractalParams(classes=section.classes, per_class=section.per_class, size=section.size,
-                                   seed=section.seed)
+                                   seed=section.seed, recipe=section.recipe)
             pretrain_fractal(path, params, variant.model, section.epochs, section.lr, section.batch_size, device,
                              display)
         return path
