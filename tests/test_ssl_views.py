@@ -121,3 +121,9 @@ def test_noise_has_the_asked_for_scale():
     # per image sigma ~ U(0, 0.04 * 255): the mean of sigma^2 is (0.04 * 255)^2 / 3
     assert view.pow(2).mean().item() == pytest.approx((0.04 * 255) ** 2 / 3, rel=0.1)
     assert view.mean().abs() < 0.1
+
+
+def test_the_suites_views_table_has_the_same_defaults():
+    from galbench.experiment.suite import ViewsSection
+
+    assert ViewParams(**ViewsSection().model_dump()) == ViewParams()

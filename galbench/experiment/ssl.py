@@ -62,6 +62,7 @@ SSL_WEIGHT_DECAY = 1e-4  # AdamW; small, as usual for contrastive pretraining
 UNLABELLED = "unlabelled"  # the class list of a checkpoint made without probe labels (its head is untrained)
 PROBE_SPLIT = (0.7, 0.15, 0.15)  # a probe catalog given on the command line is split like a suite's catalog
 DIGEST_CHUNK = 4096
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
 def require_lightly():
@@ -133,6 +134,11 @@ class SSLNet(nn.Module):
         lightly = require_lightly()
         heads = lightly.models.modules
         self.method, self.momentum = spec.method, spec.momentum
+        # no dropout while pretraining, as in SimCLR's and BYOL's ResNets: the two views already differ, and
+        # dropout would add noise the embedding must learn to ignore (p is not a weight: checkpoints keep none)
+        for module in encoder.modules():
+            if isinstance(module, DROPOUTS):
+                module.p = 0.0
         self.encoder = encoder
         features = encoder.num_features
         if spec.method == "simclr":
@@ -231,7 +237,12 @@ def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float
         loss.backward()
         return loss
 
-    optimizer.step(objective)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small problem: threads only wait on each other (20x slower on a busy machine)
+    try:
+        optimizer.step(objective)
+    finally:
+        torch.set_num_threads(threads)
     with torch.no_grad():
         raw_weight = weight / spread
         return raw_weight.float(), (bias - raw_weight @ mean).float()

@@ -154,7 +154,7 @@ class ViewsSection(_Strict):
     flips: bool = True
     rot90: bool = True
     shift: int = Field(4, ge=0, le=32)  # pixels
-    zoom: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.8, 1.0)
+    zoom: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.5, 1.0)
     blur_sigma: tuple[Annotated[float, Field(ge=0, le=10)], Annotated[float, Field(ge=0, le=10)]] = (0.1, 1.5)
     noise: float = Field(0.02, ge=0, le=0.5)  # fraction of the full scale
     band_scale: float = Field(0.1, ge=0, lt=1)
