@@ -28,7 +28,6 @@ import copy
 import hashlib
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -280,14 +279,12 @@ def plot_probe_curve(curve: list[dict], majority: float | None, title: str, path
 class SSLTrainer:
     """The state of one self-supervised pretraining between epochs; `pretrain_ssl()` drives it."""
 
-    def __init__(self, spec: SSLSpec, images: SplitImages, probe: ProbeData | None, run_dir: Path,
-                 on_event: Callable[[dict], None] | None = None):
+    def __init__(self, spec: SSLSpec, images: SplitImages, probe: ProbeData | None, run_dir: Path):
         self.spec, self.images, self.probe = spec, images, probe
         self.device = images.device
         self.precision = resolve_precision("auto", self.device)
         self.log = EventLog(run_dir / "events.jsonl")
         self.run_dir = run_dir
-        self.on_event = on_event or (lambda event: None)
         torch.manual_seed(spec.seed)
         self.classes = probe.classes if probe else [UNLABELLED]
         self.net = SSLNet(build_model(spec.model, len(self.classes)), spec).to(self.device)
@@ -341,10 +338,6 @@ class SSLTrainer:
             self.costs.energy_joules = joules - self.energy_start + self.energy_base
         self.costs.wall_seconds = self.wall_base + time.perf_counter() - self.session_wall_start
 
-    def _emit(self, event: dict) -> None:
-        self.log.append(event)
-        self.on_event(event)
-
     def train_one_epoch(self) -> None:
         spec, costs = self.spec, self.costs
         order = torch.randperm(len(self.images), generator=self.shuffle)
@@ -373,7 +366,7 @@ class SSLTrainer:
         costs.device_seconds += self.watch.now() - start
         self.epoch += 1
         self._clock()
-        self._emit({"event": "ssl_epoch", "epoch": self.epoch, "loss": round(loss_sum.item() / self.steps_per_epoch, 6),
+        self.log.append({"event": "ssl_epoch", "epoch": self.epoch, "loss": round(loss_sum.item() / self.steps_per_epoch, 6),
                     "lr": self.optimizer.param_groups[0]["lr"], **costs.as_dict()})
 
     def run_probe(self) -> None:
@@ -392,7 +385,7 @@ class SSLTrainer:
         self.costs.eval_device_seconds += self.watch.now() - start
         self.costs.eval_flops += self.eval_flops * (len(self.probe.fit) + len(self.probe.score))
         self._clock()
-        self._emit({"event": "probe", "epoch": float(self.epoch), "knn_accuracy": round(knn, 6),
+        self.log.append({"event": "probe", "epoch": float(self.epoch), "knn_accuracy": round(knn, 6),
                     "linear_probe_accuracy": round(linear, 6), **self.costs.as_dict()})
 
     def encoder_state(self) -> dict[str, torch.Tensor]:
@@ -406,8 +399,7 @@ class SSLTrainer:
         return {k: v.detach() for k, v in encoder.state_dict().items()}
 
 
-def pretrain_ssl(spec: SSLSpec, images: SplitImages, probe: ProbeData | None, out: Path,
-                 generation_seconds: float = 0.0, display=None) -> Path:
+def pretrain_ssl(spec: SSLSpec, images: SplitImages, probe: ProbeData | None, out: Path, display=None) -> Path:
     """Self-supervised pretraining of `spec.model` on `images` (labels unused); writes a galbench checkpoint.
 
     Beside `out` go the event log (`.events.jsonl`) and, with probes, their plot (`.probe.png`). Work in
@@ -455,7 +447,7 @@ def pretrain_ssl(spec: SSLSpec, images: SplitImages, probe: ProbeData | None, ou
     losses = [{"epoch": e["epoch"], "loss": e["loss"]} for e in events if e["event"] == "ssl_epoch"]
     cost = {key: trainer.costs.as_dict()[key] for key in ("samples", "train_flops", "eval_flops", "device_seconds",
                                                           "eval_device_seconds", "wall_seconds", "energy_joules")}
-    cost["generation_seconds"] = round(generation_seconds, 3)
+    cost["generation_seconds"] = 0.0  # the images existed already (a synth catalog's simulation is not counted)
     majority = None
     if probe is not None:
         majority = float(np.bincount(probe.score.labels.cpu().numpy()).max() / len(probe.score))
