@@ -168,11 +168,16 @@ def _cmd_pretrain_fractal(args) -> None:
     from galbench.console import RunDisplay
     from galbench.data.fractal import FractalParams
     from galbench.experiment.pretrain import pretrain_fractal
+    from galbench.experiment.suite import FRACTAL_PRESETS
     from galbench.experiment.train import resolve_device
 
-    params = FractalParams(classes=args.classes, per_class=args.per_class, size=args.size, seed=args.seed)
+    preset = FRACTAL_PRESETS[args.preset]
+    given = {key: getattr(args, key) for key in ("classes", "per_class", "recipe", "epochs", "batch_size")}
+    chosen = {key: preset[key] if value is None else value for key, value in given.items()}
+    params = FractalParams(classes=chosen["classes"], per_class=chosen["per_class"], size=args.size, seed=args.seed,
+                           recipe=chosen["recipe"])
     with RunDisplay() as display:
-        pretrain_fractal(args.out, params, args.model, args.epochs, args.lr, args.batch_size,
+        pretrain_fractal(args.out, params, args.model, chosen["epochs"], args.lr, chosen["batch_size"],
                          resolve_device(args.device), display)
     _print_checkpoint_cost(args.out)
 
@@ -191,6 +196,32 @@ def _cmd_pretrain_catalog(args) -> None:
         pretrain_on_catalog(catalog, args.out, args.model, size, args.epochs, args.lr, args.batch_size,
                             resolve_device(args.device), source, seed=args.seed, display=display)
     _print_checkpoint_cost(args.out)
+
+
+def _cmd_pretrain_ssl(args) -> None:
+    from galbench.console import RunDisplay
+    from galbench.data.catalog import read_catalog
+    from galbench.experiment.ssl import SSLSpec, pretrain_ssl_files
+    from galbench.experiment.train import resolve_device
+
+    size = args.size or read_catalog(args.data).images.shape[-1]
+    spec = SSLSpec(method=args.method, model=args.model, image_size=size, crop=1.0, epochs=args.epochs, lr=args.lr,
+                   batch_size=args.batch_size, temperature=args.temperature, momentum=args.momentum,
+                   probes=args.probes, seed=args.seed)
+    with RunDisplay() as display:
+        pretrain_ssl_files(args.out, args.data, args.probe_data, spec, resolve_device(args.device), display)
+    from galbench.models.weights import load_checkpoint
+
+    meta = load_checkpoint(args.out)["meta"]
+    cost, curve = meta["pretrain_cost"], meta["probe_curve"]
+    probes = (f"; probes k-NN {curve[0]['knn_accuracy']:.3f} -> {curve[-1]['knn_accuracy']:.3f}, linear "
+              f"{curve[0]['linear_probe_accuracy']:.3f} -> {curve[-1]['linear_probe_accuracy']:.3f} (majority class "
+              f"{meta['probe_majority_accuracy']:.3f}), plot {args.out.with_name(args.out.stem + '.probe.png')}"
+              if curve else "")
+    out.print(f"wrote {args.out}: {args.method} on {meta['pretrain_source']['rows']:,} images{probes}; cost "
+              f"{cost['samples']:,} samples, {cost['train_flops'] / 1e12:.2f} TFLOPs, "
+              f"{cost['device_seconds']:.1f} device-s (+{cost['eval_device_seconds']:.1f} probing), "
+              f"{cost['wall_seconds']:.1f} s wall")
 
 
 def _print_checkpoint_cost(path: Path) -> None:
@@ -440,17 +471,24 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(handler=_cmd_compare)
 
     pretrain = commands.add_parser(
-        "pretrain", help="make pretrained checkpoints offline (fractals, other catalogs)",
+        "pretrain", help="make pretrained checkpoints offline (fractals, other catalogs, self-supervised)",
         description="Pretrain a model offline and write a galbench checkpoint that records what it cost.")
     pretrain.set_defaults(handler=lambda args: pretrain.print_help())
     pretrain_commands = pretrain.add_subparsers(dest="pretrain_command", metavar="SOURCE")
     fractal = pretrain_commands.add_parser(
         "fractal", help="FractalDB-style formula-driven images (Kataoka et al. 2020)", formatter_class=formatter,
-        description="Generate a labelled set of fractals (one random IFS per class) and pretrain on it.",
-        epilog="example:\n  galbench pretrain fractal fractal.pt --classes 32 --per-class 64 --size 64 --model alexnet-small")
+        description="Generate a labelled set of fractals (one random IFS per class) and pretrain on it. The set is\n"
+                    "streamed to a cached file (memory stays flat at any size) and reused by later pretrainings.\n"
+                    "--preset sets the defaults of --classes, --per-class, --recipe, --epochs and --batch-size:\n"
+                    "  cpu           32 x 64, galbench's recipe, 8 epochs, batch 128 (minutes on a CPU)\n"
+                    "  fractaldb-1k  1,000 x 1,000, FractalDB's recipe, 90 epochs, batch 256 (Kataoka et al. 2020)",
+        epilog="examples:\n  galbench pretrain fractal fractal.pt --classes 32 --per-class 64 --size 64 --model alexnet-small\n"
+               "  galbench pretrain fractal fdb1k.pt --preset fractaldb-1k --size 64 --device cuda")
     fractal.add_argument("out", type=Path, help="output checkpoint (.pt)")
-    fractal.add_argument("--classes", type=int, default=32, help="number of fractal classes (default 32)")
-    fractal.add_argument("--per-class", type=int, default=64, help="images per class (default 64)")
+    fractal.add_argument("--preset", choices=["cpu", "fractaldb-1k"], default="cpu", help="default cpu")
+    fractal.add_argument("--classes", type=int, help="number of fractal classes (preset: 32 or 1000)")
+    fractal.add_argument("--per-class", type=int, help="images per class (preset: 64 or 1000)")
+    fractal.add_argument("--recipe", choices=["galbench", "fractaldb"], help="how categories and instances are made")
     fractal.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     fractal.add_argument("--seed", type=int, default=0)
     catalog_pre = pretrain_commands.add_parser(
@@ -461,13 +499,36 @@ def build_parser() -> argparse.ArgumentParser:
     catalog_pre.add_argument("--data", type=Path, required=True, help="catalog FITS file to pretrain on")
     catalog_pre.add_argument("--size", type=int, help="image size (default: the catalog's)")
     catalog_pre.add_argument("--seed", type=int, default=0)
-    for sub, handler in ((fractal, _cmd_pretrain_fractal), (catalog_pre, _cmd_pretrain_catalog)):
+    ssl = pretrain_commands.add_parser(
+        "ssl", help="self-supervised pretraining (SimCLR, BYOL) on any catalog's images, labels unused",
+        formatter_class=formatter,
+        description="Self-supervised pretraining on the images of a catalog (labels ignored), with galaxy views\n"
+                    "(turns, flips, shifts, zooms, PSF blur, sky noise, per-band brightness; never a colour change).\n"
+                    "With --probe-data, k-NN and linear probes on its labelled images show whether the\n"
+                    "representation improves; exact copies of its validation and test images are left out of\n"
+                    "the pretraining. Needs lightly: pip install 'galbench[ssl]'. Rerun to resume.",
+        epilog="example:\n  galbench pretrain ssl ssl.pt --data survey.fits --probe-data labelled.fits --method byol \\\n"
+               "      --model alexnet-small --epochs 30")
+    ssl.add_argument("out", type=Path, help="output checkpoint (.pt); .probe.png and .events.jsonl go beside it")
+    ssl.add_argument("--data", type=Path, required=True, help="catalog FITS file whose images to pretrain on")
+    ssl.add_argument("--probe-data", type=Path,
+                     help="labelled catalog for the probes: fit on its 70%%, scored on 15%% (split as a suite's)")
+    ssl.add_argument("--method", choices=["simclr", "byol"], default="simclr", help="default simclr")
+    ssl.add_argument("--size", type=int, help="image size (default: the catalog's)")
+    ssl.add_argument("--temperature", type=float, default=0.2, help="simclr: NT-Xent temperature (default 0.2)")
+    ssl.add_argument("--momentum", type=float, default=0.99,
+                     help="byol: the target's EMA rate at the start, rising to 1 (default 0.99)")
+    ssl.add_argument("--probes", type=int, default=4, help="probe points after the first (default 4)")
+    ssl.add_argument("--seed", type=int, default=0)
+    for sub, handler in ((fractal, _cmd_pretrain_fractal), (catalog_pre, _cmd_pretrain_catalog),
+                         (ssl, _cmd_pretrain_ssl)):
         sub.add_argument("--model", default="alexnet-small", help="registered model (default alexnet-small)")
         sub.add_argument("--epochs", type=int, default=8, help="epochs (default 8)")
         sub.add_argument("--lr", type=float, default=0.001, help="AdamW learning rate (default 0.001)")
         sub.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
         sub.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         sub.set_defaults(handler=handler)
+    fractal.set_defaults(epochs=None, batch_size=None)  # from the preset unless given
 
     export = commands.add_parser(
         "export", help="export a checkpoint to a self-describing, calibrated, parity-checked ONNX model",
@@ -554,7 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.handler(args)
     except GalbenchError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # 'galbench[timm]
+        # escaped: a message may hold square brackets (pip install 'galbench[ssl]') that are not markup
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]; run the same command again to resume")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import mmap
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,6 +188,47 @@ def write_catalog(path: str | os.PathLike, catalog: Catalog, include_images: boo
         hdus.append(img_hdu)
     with atomic_path(path) as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    return path
+
+
+def write_catalog_stream(path: str | os.PathLike, table: Table, classes: list[str], image_shape: tuple[int, int, int],
+                         blocks: Iterable[np.ndarray], bands: str = "i,r,g", pixscale: float | None = None,
+                         source: str = "") -> Path:
+    """Write a catalog whose images arrive in blocks of rows, so memory stays flat however large it is.
+
+    The file is the one `write_catalog` makes (an IMAGES cube of len(table) rows of `image_shape` uint8),
+    written atomically; the blocks must add up to exactly one image per table row.
+    """
+    path = Path(path)
+    validate(Catalog(table=table, classes=classes), path)
+    rows = len(table)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cat_hdu = fits.BinTableHDU(table, name="CATALOG")
+    cat_hdu.header["CLASSES"] = ",".join(classes)
+    # the header of a one-row cube of the right type and shape, then the real row count
+    header = fits.ImageHDU(np.zeros((1, *image_shape), dtype=np.uint8), name="IMAGES").header
+    header["NAXIS4"] = rows
+    header["BANDS"] = bands
+    if pixscale is not None:
+        header["PIXSCALE"] = (float(pixscale), "arcsec/pixel")
+    header["SOURCE"] = source
+    row_bytes = int(np.prod(image_shape))
+    with atomic_path(path) as tmp:
+        fits.HDUList([fits.PrimaryHDU(), cat_hdu]).writeto(tmp)
+        written = 0
+        with open(tmp, "ab") as handle:
+            handle.write(header.tostring().encode("ascii"))
+            for block in blocks:
+                block = np.ascontiguousarray(block, dtype=np.uint8)
+                if block.shape[1:] != tuple(image_shape) or written + len(block) > rows:
+                    raise GalbenchError(f"image block of shape {block.shape} does not fit {rows} rows of "
+                                        f"{image_shape}", where=str(path))
+                handle.write(block.tobytes())  # FITS is big-endian, but bytes have no byte order
+                written += len(block)
+            if written != rows:
+                raise GalbenchError(f"{written} images written for {rows} catalog rows", where=str(path))
+            handle.write(b"\0" * (-written * row_bytes % 2880))  # FITS data ends on a 2,880-byte block
     return path
 
 

@@ -1,4 +1,5 @@
-"""Pretraining sources that work offline: fractals (FractalDB-style) and other galaxy catalogs.
+"""Pretraining sources that work offline: fractals (FractalDB-style), other galaxy catalogs, and
+self-supervised learning on any catalog (galbench.experiment.ssl).
 
 A pretraining is one ordinary galbench training run on the source data, so it has the same accounting,
 event log and resume. Its checkpoint carries its cost in `meta.pretrain_cost` (samples, FLOPs,
@@ -10,16 +11,16 @@ everything that made them, so every seed of a suite, and every later suite, reus
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import torch
 
 from galbench.data.catalog import Catalog, read_catalog
-from galbench.data.fractal import FractalParams, generate
+from galbench.data.fractal import FractalParams, cached_fractal_set
 from galbench.data.synth import cached_synth_catalog
 from galbench.data.tensors import SplitImages, stratified_split
 from galbench.errors import GalbenchError
+from galbench.experiment.ssl import ensure_ssl_pretraining, plan_ssl_pretraining
 from galbench.experiment.suite import (
     AugmentSection,
     FractalSection,
@@ -39,7 +40,8 @@ PRETRAIN_SPLIT = (0.85, 0.1, 0.05)
 
 def pretrain_on_catalog(catalog: Catalog, out: Path, model: str, image_size: int, epochs: int, lr: float,
                         batch_size: int, device: torch.device, source: dict, seed: int = 0,
-                        generation_seconds: float = 0.0, display=None) -> Path:
+                        generation_seconds: float = 0.0, display=None,
+                        augment: AugmentSection | None = None) -> Path:
     """Supervised pretraining of `model` on a catalog; writes a checkpoint whose meta holds its cost."""
     build_model(model, len(catalog.classes), image_size)  # fail early on a bad model name or input size
     labels = catalog.labels
@@ -50,7 +52,7 @@ def pretrain_on_catalog(catalog: Catalog, out: Path, model: str, image_size: int
     train_cfg = TrainSection(optimizer="adamw", lr=lr, weight_decay=0.05, epochs=epochs, batch_size=batch_size,
                              device=str(device))
     spec = RunSpec(variant=f"pretrain-{source['kind']}", seed=seed, model=model, classes=catalog.classes,
-                   train=train_cfg, augment=AugmentSection(), image_size=image_size, crop=1.0, thresholds=[],
+                   train=train_cfg, augment=augment or AugmentSection(), image_size=image_size, crop=1.0, thresholds=[],
                    meta={"suite": "pretrain"})
     work = out.with_name(out.name + ".work")
     if display:
@@ -70,29 +72,35 @@ def pretrain_on_catalog(catalog: Catalog, out: Path, model: str, image_size: int
     return out
 
 
+def fractal_augment(params: FractalParams) -> AugmentSection:
+    """Augmentation of a fractal pretraining: FractalDB's published one, a random crop of 224 of 256 px (that is
+    shifts of up to 1/16 of the side; the flips are already among the instances), or galbench's default."""
+    if params.recipe == "fractaldb":
+        return AugmentSection(flips=False, rot90=False, shift=max(1, round(params.size / 16)))
+    return AugmentSection()
+
+
 def pretrain_fractal(out: Path, params: FractalParams, model: str, epochs: int, lr: float, batch_size: int,
                      device: torch.device, display=None) -> Path:
-    """Generate a fractal set and pretrain `model` on it (the `galbench pretrain fractal` command)."""
+    """Generate (or reuse) a fractal set and pretrain `model` on it (the `galbench pretrain fractal` command).
+
+    The set is streamed to a cached catalog file and read back memory-mapped, so a FractalDB-1k-sized set
+    never has to fit in memory.
+    """
     params.check()
-    start = time.perf_counter()
-    total = params.classes * params.per_class
-    if display:
-        with display.bar("generating fractals", total, "images") as advance:
-            catalog = generate(params, progress=advance)
-    else:
-        catalog = generate(params)
-    generation_seconds = time.perf_counter() - start
+    data_file, generation_seconds = cached_fractal_set(params, display.bar if display else None)
     source = {"kind": "fractal", **params.__dict__, "model": model, "epochs": epochs, "lr": lr,
               "batch_size": batch_size}
-    return pretrain_on_catalog(catalog, out, model, params.size, epochs, lr, batch_size, device, source,
-                               seed=params.seed, generation_seconds=generation_seconds, display=display)
+    return pretrain_on_catalog(read_catalog(data_file), out, model, params.size, epochs, lr, batch_size, device,
+                               source, seed=params.seed, generation_seconds=generation_seconds, display=display,
+                               augment=fractal_augment(params))
 
 
 def pretraining_path(variant: Variant, suite: Suite, base: Path, replicate: int = 0) -> Path | None:
     """The cache file of the pretraining a variant's runs start from (None where the init is not one).
 
     Replicate r of a fractal pretraining draws its fractal set and trains with seed + r; replicate r of a
-    catalog pretraining trains with seed r on the same catalog. Replicate 0 keeps the cache key a suite
+    catalog or self-supervised pretraining trains with seed r on the same images. Replicate 0 keeps the cache key a suite
     without replicates has always had.
     """
     kind, _, name = variant.init.partition(":")
@@ -102,6 +110,8 @@ def pretraining_path(variant: Variant, suite: Suite, base: Path, replicate: int 
         return _cached("fractal", key)
     if kind == "pretrained":
         section = next(p for p in suite.pretrained if p.name == name)
+        if section.method != "supervised":
+            return plan_ssl_pretraining(section, variant.model, suite, base, replicate).path
         return _cached("catalog", _catalog_pretraining_key(section, variant.model, suite, base, replicate)[1])
     return None
 
@@ -124,11 +134,13 @@ def ensure_for_variant(variant: Variant, suite: Suite, base: Path, device: torch
         if not path.exists():
             section = _fractal_replicate(variant, replicate)
             params = FractalParams(classes=section.classes, per_class=section.per_class, size=section.size,
-                                   seed=section.seed)
+                                   seed=section.seed, recipe=section.recipe)
             pretrain_fractal(path, params, variant.model, section.epochs, section.lr, section.batch_size, device,
                              display)
         return path
     section = next(p for p in suite.pretrained if p.name == name)
+    if section.method != "supervised":
+        return ensure_ssl_pretraining(section, variant.model, suite, base, device, display, replicate)
     return ensure_catalog_pretraining(section, variant.model, suite, base, device, display, replicate)
 
 

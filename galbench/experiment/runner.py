@@ -78,8 +78,7 @@ def plan_splits(suite: Suite, labels: np.ndarray) -> dict[int | None, SplitPlan]
     """
     cfg = suite.data.split
     plans = {}
-    for key in suite.suite.seeds if cfg.per_seed else [None]:
-        seed = cfg.seed if key is None else [cfg.seed, key]
+    for key, seed in suite.split_seeds().items():
         rows = stratified_split(labels, (cfg.train, cfg.val, cfg.test), seed)
         train_labels = labels[rows["train"]]
         subset_seed = [*np.atleast_1d(seed).tolist(), SUBSET_STREAM]

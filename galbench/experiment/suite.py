@@ -191,21 +191,68 @@ def merged_train(base: dict, overrides: dict) -> dict:
     return {**merged, **overrides}
 
 
+# A preset fills the keys a fractal table leaves out. "cpu" is galbench's small set (what the defaults have
+# always been); "fractaldb-1k" is Kataoka et al.'s FractalDB-1k: 1,000 categories x 1,000 instances made by
+# their recipe (see galbench.data.fractal), pretrained for their 90 epochs at their batch size of 256.
+FRACTAL_PRESETS = {
+    "cpu": {"classes": 32, "per_class": 64, "recipe": "galbench", "epochs": 8, "batch_size": 128},
+    "fractaldb-1k": {"classes": 1000, "per_class": 1000, "recipe": "fractaldb", "epochs": 90, "batch_size": 256},
+}
+
+
 class FractalSection(_Strict):
+    preset: Literal["cpu", "fractaldb-1k"] = "cpu"
     classes: int = Field(32, ge=2)
     per_class: int = Field(64, ge=1)
     size: int = Field(64, ge=32, le=512)
     seed: int = 0
+    recipe: Literal["galbench", "fractaldb"] = "galbench"
     epochs: int = Field(8, ge=1)
     lr: float = Field(0.001, gt=0)  # AdamW
     batch_size: int = Field(128, ge=1)
     replicates: int = Field(1, ge=1)  # independent pretrainings (fractal sets and training seeds seed, seed + 1, ...)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, values):
+        if isinstance(values, dict):
+            preset = FRACTAL_PRESETS.get(values.get("preset", "cpu"), {})
+            values = {**preset, **values}
+        return values
+
+
+class ViewsSection(_Strict):
+    """How the two views of a galaxy differ in self-supervised pretraining (galbench.data.views.ViewParams)."""
+
+    flips: bool = True
+    rot90: bool = True
+    shift: int = Field(4, ge=0, le=32)  # pixels
+    zoom: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.5, 1.0)
+    blur_sigma: tuple[Annotated[float, Field(ge=0, le=10)], Annotated[float, Field(ge=0, le=10)]] = (0.1, 1.5)
+    noise: float = Field(0.02, ge=0, le=0.5)  # fraction of the full scale
+    band_scale: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        if self.zoom[0] > self.zoom[1] or self.blur_sigma[0] > self.blur_sigma[1]:
+            raise ValueError("zoom and blur_sigma are [low, high] with low <= high")
+        return self
+
+
+SUITE_IMAGES = ("train", "unlabelled")  # catalog names meaning the suite's own images, labels dropped
+SSL_KEYS = {"views": None, "temperature": "simclr", "momentum": "byol", "projection_dim": None, "hidden_dim": None,
+            "probes": None, "knn_k": None}
+
 
 class PretrainedSection(_Strict):
-    """A named in-suite pretraining: supervised training on another catalog (file or synth)."""
+    """A named in-suite pretraining: supervised on another catalog, or self-supervised (simclr, byol).
+
+    Self-supervised pretraining ignores labels; `catalog` may then also be "train" (the suite's training
+    images) or "unlabelled" (every row of the suite's catalog outside its validation and test splits).
+    """
 
     name: str
+    method: Literal["supervised", "simclr", "byol"] = "supervised"
     catalog: str | None = None
     synth: SynthSection | None = None
     image_size: int | None = None
@@ -213,10 +260,31 @@ class PretrainedSection(_Strict):
     lr: float = Field(0.001, gt=0)  # AdamW
     batch_size: int = Field(128, ge=1)
     replicates: int = Field(1, ge=1)  # independent pretrainings on the same catalog (training seeds 0, 1, ...)
+    views: ViewsSection | None = None  # None: ViewsSection's defaults
+    temperature: float = Field(0.2, gt=0, le=10)  # simclr: NT-Xent temperature
+    momentum: float = Field(0.99, ge=0, lt=1)  # byol: the target network's EMA rate at the start (cosine to 1)
+    projection_dim: int = Field(128, ge=2)
+    hidden_dim: int = Field(512, ge=2)
+    probes: int = Field(4, ge=1)  # probe points after the one before training, evenly spaced, the last at the end
+    knn_k: int = Field(20, ge=1)
 
     @model_validator(mode="after")
     def _one_source(self):
-        return _exactly_one_source(self, "give exactly one of catalog or synth")
+        _exactly_one_source(self, "give exactly one of catalog or synth")
+        if self.method == "supervised":
+            given = sorted(set(SSL_KEYS) & self.model_fields_set)
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for self-supervised pretraining "
+                                 "(method = \"simclr\" or \"byol\")")
+            if self.catalog in SUITE_IMAGES:
+                raise ValueError(f"catalog = {self.catalog!r} (the suite's own images) needs a self-supervised "
+                                 "method: supervised pretraining on them would be training on the task itself")
+        for key, method in SSL_KEYS.items():
+            if method and key in self.model_fields_set and self.method != method:
+                raise ValueError(f"{key} applies to method = {method!r} only")
+        if self.method != "supervised" and self.batch_size < 2:
+            raise ValueError("self-supervised pretraining needs batch_size >= 2 (views are compared within a batch)")
+        return self
 
 
 class Variant(_Strict):
@@ -324,6 +392,16 @@ class Suite(_Strict):
                              f"({', '.join(f'{t:g}' for t in self.suite.thresholds)})")
         return {"kind": "cost_to_threshold", "cost": COSTS_TO[cost], "threshold": value}
 
+    def split_seeds(self) -> dict[int | None, int | list[int]]:
+        """The seed of every split the runs use, by key: None for the one shared split, else each run seed.
+
+        A per-seed split is drawn with [split seed, run seed], so it differs between seeds and not between arms.
+        """
+        cfg = self.data.split
+        if not cfg.per_seed:
+            return {None: cfg.seed}
+        return {seed: [cfg.seed, seed] for seed in self.suite.seeds}
+
     def train_for(self, variant: Variant) -> TrainSection:
         """The [train] section with the variant's overrides applied (validated)."""
         return TrainSection.model_validate(merged_train(self.train.model_dump(), variant.train))
@@ -364,11 +442,14 @@ class Suite(_Strict):
             if train["evals"] is None:
                 train["evals_per_epoch"] = train["evals_per_epoch"] or DEFAULT_EVALS_PER_EPOCH
         # keys added since, at the values that do what 0.2.0 did
+        ssl_defaults = {key: PretrainedSection.model_fields[key].default for key in SSL_KEYS}
         as_before = [(resolved["suite"], {"threshold_metric": "accuracy", "train_sizes": None, "per_class": False}),
                      (resolved["data"]["split"], {"per_seed": False}),
                      (train, {"steps": None, "evals": None, "class_weights": "none", "sampler": "shuffle"}),
-                     *((table, {"replicates": 1}) for table in resolved["pretrained"]),
-                     *((v["fractal"], {"replicates": 1}) for v in resolved["variant"] if v["fractal"])]
+                     *((table, {"replicates": 1, "method": "supervised", **ssl_defaults})
+                       for table in resolved["pretrained"]),
+                     *((v["fractal"], {"replicates": 1, "preset": "cpu", "recipe": "galbench"})
+                       for v in resolved["variant"] if v["fractal"])]
         for table, values in as_before:
             for key, value in values.items():
                 if table[key] == value:
