@@ -349,7 +349,7 @@ class SSLTrainer:
             if step == self.steps_per_epoch:
                 break
             global_step = self.epoch * self.steps_per_epoch + step
-            lr = lr_at(global_step, self.steps_per_epoch, self.cfg)
+            lr = lr_at(global_step, total_steps, self.steps_per_epoch, self.cfg)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             view_a = self.normalizer(make_view(images, self.view_rng, spec.views))
