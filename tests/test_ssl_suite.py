@@ -145,6 +145,9 @@ def test_a_suite_pretrains_once_shares_the_cost_and_reuses_the_cache(cli, tmp_pa
     pretrained = [r for r in runs if r["variant"] == "ssl"]
     meta = load_checkpoint(cached)["meta"]
     assert all(r["pretrain_shared_by"] == 2 and r["pretrain_cost"] == meta["pretrain_cost"] for r in pretrained)
+    # the probe curve travels with the runs, for the report's plot; each run names its pretraining
+    assert all(r["pretrain_meta"]["probe_curve"] == meta["probe_curve"] for r in pretrained)
+    assert {r["pretrain_id"] for r in pretrained} == {cached.stem}
     assert set(meta["pretrain_cost"]) == {"samples", "train_flops", "eval_flops", "device_seconds",
                                           "eval_device_seconds", "wall_seconds", "energy_joules",
                                           "generation_seconds"}

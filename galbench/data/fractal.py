@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import multiprocessing
 import os
 import time
 import warnings
@@ -288,7 +289,9 @@ def _ordered(function: Callable, jobs, workers: int) -> Iterator:
     if workers <= 1:
         yield from map(function, jobs)
         return
-    executor = ProcessPoolExecutor(max_workers=workers)
+    # spawned, not forked: the renderers use torch, whose OpenMP pool deadlocks in a child forked from a
+    # process that has already used it
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         jobs = iter(jobs)
         pending = collections.deque(executor.submit(function, job) for job in itertools.islice(jobs, 2 * workers))

@@ -32,7 +32,8 @@ from galbench.errors import GalbenchError
 from galbench.experiment.pretrain import pretraining_path
 from galbench.experiment.suite import Suite
 from galbench.experiment.train import RunSpec, resolve_device, resolve_precision
-from galbench.fileio import write_json_atomic, write_text_atomic
+from galbench.fileio import cache_dir, write_json_atomic, write_text_atomic
+from galbench.models.weights import load_checkpoint
 
 SUBSET_STREAM = 7_919  # the training subsets' own random stream beside the split's
 
@@ -243,6 +244,7 @@ def run_suite(suite: Suite, base: Path, out: Path | None = None, device_override
     listed = [run_name(v.name, suite.suite.size_label(size), seed) for v in suite.variant
               for size in suite.train_size_list() for seed in suite.suite.seeds]
     results: dict[str, dict] = {}
+    probes: dict[str, dict] = {}
 
     def on_result(job, result: dict) -> None:
         for key in ("run", "train_size_label", "replicate", "pretrain_id"):  # older event logs lack them
@@ -251,6 +253,7 @@ def run_suite(suite: Suite, base: Path, out: Path | None = None, device_override
         # the full cost of the pretraining this run started from, never divided among the runs sharing it
         result["pretrain_cost"] = _pretrain_cost(executor, inits[job.init_key])
         result["pretrain_shared_by"] = shared_by[result["pretrain_id"]] if result["pretrain_id"] else 0
+        result["pretrain_meta"] = _pretrain_meta(result["pretrain_id"], probes)
         retries = job.run_dir / "retries.json"
         result["retries"] = json.loads(retries.read_text())["retries"] if retries.exists() else 0
         results[job.run_dir.name] = result
@@ -264,6 +267,23 @@ def run_suite(suite: Suite, base: Path, out: Path | None = None, device_override
     return out, ordered
 
 
+def _pretrain_meta(pretrain_id: str | None, found: dict[str, dict]) -> dict | None:
+    """What a pretraining learned along the way (its probe curve), read once per pretraining from its cache file.
+
+    A pretraining made on a Ray worker may have no file on the driver: then nothing is reported.
+    """
+    if not pretrain_id:
+        return None
+    if pretrain_id not in found:
+        path = cache_dir("pretrain") / f"{pretrain_id}.pt"
+        meta = load_checkpoint(path)["meta"] if path.exists() else {}
+        found[pretrain_id] = {key: meta[key] for key in PRETRAIN_META_KEYS if key in meta}
+    return found[pretrain_id]
+
+
+PRETRAIN_META_KEYS = ("probe_curve", "probe_majority_accuracy", "pretrain_val_accuracy", "pretrain_test_accuracy")
+
+
 def _pretrain_cost(executor, init) -> dict:
     """The pretraining cost of an init (a value here, or a Ray object reference)."""
     value = init if isinstance(init, tuple) else executor.ray.get(init)
@@ -272,6 +292,8 @@ def _pretrain_cost(executor, init) -> dict:
 
 def export_winners(out: Path, results: list[dict], data: SuiteData) -> dict[str, Path]:
     """Export each variant's best run and the overall winner to ONNX, both chosen on validation accuracy.
+
+    Each model's temperature is fitted on its run's own validation split, so its probabilities are calibrated.
 
     The metadata quotes the chosen run's own best validation accuracy (optimistic: it is what chose the
     run) and its test accuracy (the honest figure). exports.json records both and the export's metadata.
@@ -291,10 +313,13 @@ def export_winners(out: Path, results: list[dict], data: SuiteData) -> dict[str,
     exported, record = {}, {}
     for name, result in [*best_by_variant.items(), ("winner", winner)]:
         target = out / "export" / f"{name}.onnx"
+        val_rows = data.plans[data.split_key(result["seed"])].rows["val"]  # the run's own validation split
         meta = export_onnx(out / "runs" / result["run"] / "best.pt", target, sample,
                            {"run": out.name, "run_name": result["run"],
                             "best_val_accuracy": result["best_val_accuracy"],
-                            "test_accuracy": result["test_accuracy"]})
+                            "test_accuracy": result["test_accuracy"]},
+                           val_images=data.catalog.images[val_rows], val_labels=data.labels[val_rows],
+                           catalog_pixscale=data.catalog.pixscale)
         exported[name] = target
         record[name] = {"variant": result["variant"], "seed": result["seed"], "run": result["run"],
                         "train_size_label": result.get("train_size_label"),

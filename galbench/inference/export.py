@@ -36,7 +36,7 @@ from galbench.errors import GalbenchError
 from galbench.fileio import atomic_path, file_sha256
 from galbench.inference.calibrate import calibrate as fit_calibration
 from galbench.inference.tta import VIEW_COUNTS, dihedral_views
-from galbench.models.registry import IMAGENET_MEAN, IMAGENET_STD, build_model
+from galbench.models.registry import IMAGENET_MEAN, IMAGENET_STD, build_model, embedding_size
 from galbench.models.weights import load_checkpoint
 
 MAX_LOGIT_DIFFERENCE = 1e-3
@@ -174,7 +174,7 @@ def export_onnx(checkpoint_path: Path, out: Path, sample_images: np.ndarray, ext
         "normalisation": json.dumps({"scale": 1 / 255, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}),
         "model": checkpoint["model"], "checkpoint_sha256": file_sha256(checkpoint_path),
         "outputs": json.dumps(list(OUTPUTS)), "tta_views": str(tta),
-        "embedding_size": str(deployed.model.num_features),
+        "embedding_size": str(embedding_size(deployed.model)),
         "stretch": json.dumps(parse_stretch(stretch)), "resampling": RESAMPLING,
         **{k: str(v) for k, v in checkpoint.get("meta", {}).items() if k in ("suite", "variant", "seed", "init")},
         **{k: str(v) for k, v in (extra_meta or {}).items()},
