@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -10,6 +12,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from galbench.errors import GalbenchError
 
 
 def _process_umask() -> int:
@@ -22,21 +26,111 @@ def _process_umask() -> int:
 _UMASK = _process_umask()
 
 
+# OS errors a user can act on: what they mean and what would fix them
+_ACTIONABLE = {
+    errno.ENOSPC: ("no space left on device", "free some space, or write somewhere else"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space, or write somewhere else"),
+    errno.EROFS: ("read-only file system", "write somewhere else"),
+    errno.EACCES: ("permission denied", "check the permissions, or write somewhere else"),
+    errno.EPERM: ("operation not permitted", "check the permissions, or write somewhere else"),
+}
+
+
+def user_os_error(exc: OSError, path: str | os.PathLike | None = None) -> GalbenchError | None:
+    """The one-line error for a full disk, a read-only file system or a permission problem (None for others).
+
+    `path` names the file when the OS did not (a failed write on an open file carries no name)."""
+    if exc.errno not in _ACTIONABLE:
+        return None
+    what, fix = _ACTIONABLE[exc.errno]
+    where = path if path is not None else exc.filename
+    return GalbenchError(what, where=str(where) if where is not None else None, fix=fix)
+
+
+def make_dirs(path: str | os.PathLike) -> list[Path]:
+    """mkdir -p; returns the folders it created, deepest first, so a failure can take them back."""
+    path = Path(path)
+    created = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        created.append(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the given folders (deepest first) where they are empty; a non-empty one stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    On failure nothing is left: not the temporary file, not the folders made for it. A full disk, a
+    read-only file system or a permission problem becomes a GalbenchError naming `path`."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp makes the file private (0600); give it the permissions an ordinary new file would get
-    tmp_path.chmod(0o666 & ~_UMASK)
+    created: list[Path] = []
+    tmp_path = None
     try:
+        created = make_dirs(target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        # mkstemp makes the file private (0600); give it the permissions an ordinary new file would get
+        tmp_path.chmod(0o666 & ~_UMASK)
         yield tmp_path
         os.replace(tmp_path, target)
+        created = []
+    except OSError as exc:
+        # the temporary file's name means nothing to the user: name the target (or what else failed)
+        named = exc.filename is not None and Path(exc.filename).parent != target.parent
+        error = user_os_error(exc, exc.filename if named else target)
+        if error is None:
+            raise
+        raise error from None
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+        remove_empty(created)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold an exclusive lock file for the block; while another process holds it, fail with one line.
+
+    An `fcntl` lock dies with its process, so a killed holder never blocks the next command; the file holds
+    the holder's PID only for the message, and is removed when the block ends."""
+    path = Path(path)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise GalbenchError(f"{what} is in use by galbench process {holder or '(starting)'}", where=str(path),
+                                fix="wait for it to finish, or stop it") from None
+        # the previous holder removes the file as it lets go: a lock on a removed file locks nothing
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -295,10 +295,14 @@ def synthesize(params: SynthParams, workers: int | None = None,
 def cached_synth_catalog(params: dict, progress_factory=None) -> Path:
     """The cached FITS file of a synth table, generated on first use (keyed by the parameters' hash)."""
     from galbench.data.catalog import write_catalog
-    from galbench.fileio import cache_dir, content_hash
+    from galbench.fileio import cache_dir, content_hash, exclusive_lock
 
     path = cache_dir("synth") / f"synth-{content_hash(params)}.fits"
-    if not path.exists():
+    if path.exists():
+        return path
+    with exclusive_lock(path.with_name(path.name + ".lock"), "cached simulated catalog"):
+        if path.exists():  # made by another process while this one looked
+            return path
         synth = SynthParams(**params)
         if progress_factory is None:
             catalog = synthesize(synth)

@@ -9,8 +9,10 @@ everything that made them, so every seed of a suite, and every later suite, reus
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -30,7 +32,7 @@ from galbench.experiment.suite import (
 )
 from galbench.experiment.train import RunSpec, save_checkpoint
 from galbench.experiment.train import run as train_run
-from galbench.fileio import cache_dir, content_hash
+from galbench.fileio import cache_dir, content_hash, exclusive_lock
 from galbench.models.registry import build_model
 from galbench.models.weights import load_checkpoint
 
@@ -57,6 +59,8 @@ def pretrain_on_catalog(catalog: Catalog, out: Path, model: str, image_size: int
         display.start_run(f"pretrain {source['kind']}", seed, epochs)
     result = train_run(spec, splits["train"], splits["val"], splits["test"], work,
                        on_event=display.on_event if display else None)
+    if display:
+        display.end_run(result)
     checkpoint = load_checkpoint(work / "final.pt")
     totals = result["totals"]
     cost = {key: totals[key] for key in ("samples", "train_flops", "eval_flops", "device_seconds",
@@ -95,11 +99,12 @@ def ensure_for_variant(variant: Variant, suite: Suite, base: Path, device: torch
         section = variant.fractal or FractalSection()
         key = {"kind": "fractal", **section.model_dump(), "model": variant.model}
         path = cache_dir("pretrain") / f"fractal-{content_hash(key)}.pt"
-        if not path.exists():
-            params = FractalParams(classes=section.classes, per_class=section.per_class, size=section.size,
-                                   seed=section.seed)
-            pretrain_fractal(path, params, variant.model, section.epochs, section.lr, section.batch_size, device,
-                             display)
+        with _building(path) as missing:
+            if missing:
+                params = FractalParams(classes=section.classes, per_class=section.per_class, size=section.size,
+                                       seed=section.seed)
+                pretrain_fractal(path, params, variant.model, section.epochs, section.lr, section.batch_size,
+                                 device, display)
         return path
     section = next(p for p in suite.pretrained if p.name == name)
     return ensure_catalog_pretraining(section, variant.model, suite, base, device, display)
@@ -120,9 +125,21 @@ def ensure_catalog_pretraining(section: PretrainedSection, model: str, suite: Su
     key = {"kind": "catalog", **identity, "model": model, "image_size": image_size, "epochs": section.epochs,
            "lr": section.lr, "batch_size": section.batch_size}
     path = cache_dir("pretrain") / f"catalog-{content_hash(key)}.pt"
-    if not path.exists():
-        catalog = read_catalog(catalog_file)
-        source = {"kind": "catalog", "name": section.name, "catalog": str(catalog_file), **key}
-        pretrain_on_catalog(catalog, path, model, image_size, section.epochs, section.lr, section.batch_size,
-                            device, source, display=display)
+    with _building(path) as missing:
+        if missing:
+            catalog = read_catalog(catalog_file)
+            source = {"kind": "catalog", "name": section.name, "catalog": str(catalog_file), **key}
+            pretrain_on_catalog(catalog, path, model, image_size, section.epochs, section.lr, section.batch_size,
+                                device, source, display=display)
     return path
+
+
+@contextlib.contextmanager
+def _building(path: Path) -> Iterator[bool]:
+    """Yields whether a cached pretraining is still to be made; while it is, holds its lock (PATH.lock), so a
+    second command fails with the holder's PID rather than training the same thing into the same files."""
+    if path.exists():
+        yield False
+        return
+    with exclusive_lock(path.with_name(path.name + ".lock"), "cached pretraining"):
+        yield not path.exists()  # another process may have finished it while this one looked
