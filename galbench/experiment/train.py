@@ -1,10 +1,15 @@
 """One training run (a variant and a seed): the loop, evaluation, the event log, checkpoints and resume.
 
 The loop is plain to see: `train_one_epoch`, `evaluate`, `run`. Each run writes an append-only JSON-lines
-event log (run_start, eval, threshold_reached, run_stop) and checkpoints `last.pt` at every epoch's end.
-A rerun skips a finished run and resumes an interrupted one from `last.pt`, first cutting the log back to
-what that checkpoint had seen, so at most the current epoch is lost and, on the CPU, the resumed run's
-results equal an uninterrupted run's.
+event log (run_start, eval, threshold_reached, run_stop) and checkpoints `last.pt` at every epoch's end
+(or every `train.checkpoint_every` epochs or seconds). A rerun skips a finished run and resumes an
+interrupted one from `last.pt`, first cutting the log back to what that checkpoint had seen, so at most
+the epochs since the last checkpoint are lost and, on the CPU, the resumed run's results equal an
+uninterrupted run's.
+
+Checkpoints cost almost no training time: at an epoch's end the state is copied to the CPU and written by
+a background thread while the next epoch trains. The best validation state is kept in memory (on the
+CPU) at the evaluation that found it and written as weights only, at most once per checkpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +38,7 @@ from galbench.experiment.accounting import (
     threshold_crossings,
 )
 from galbench.experiment.suite import AugmentSection, TrainSection
-from galbench.fileio import atomic_path
+from galbench.fileio import atomic_path, user_os_error
 from galbench.models.finetune import apply_finetune_policy
 from galbench.models.registry import build_model
 from galbench.models.weights import CHECKPOINT_FORMAT, load_backbone, load_checkpoint
@@ -112,10 +118,17 @@ class EventLog:
         self.path = path
 
     def append(self, event: dict) -> None:
-        """Append one event, stamped with the wall-clock time."""
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps({"time_unix": round(time.time(), 3), **event}) + "\n")
-            handle.flush()
+        """Append one event, stamped with the wall-clock time; a failed write (a full disk) leaves no half line."""
+        line = json.dumps({"time_unix": round(time.time(), 3), **event}) + "\n"
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with open(self.path, "a") as handle:
+                handle.write(line)
+                handle.flush()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, size)
+            raise user_os_error(exc, self.path) or exc from None
 
     def read(self) -> list[dict]:
         """Every complete event (a half-written last line from a kill is ignored)."""
@@ -185,6 +198,58 @@ def save_checkpoint(checkpoint: dict, path: Path) -> None:
         torch.save(checkpoint, tmp)
 
 
+def cpu_copy(value):
+    """A deep copy with every tensor copied to the CPU: a snapshot that later training steps cannot change."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(cpu_copy(item) for item in value)
+    return value
+
+
+class CheckpointWriter:
+    """Writes checkpoint files in a background thread, one batch of files at a time.
+
+    `submit` first waits for the previous batch, so at most one write is in flight and files land in
+    order; `wait` re-raises a failed write (a full disk) in the training thread."""
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, files: list[tuple[dict, Path]], then: Callable[[], None] | None = None) -> None:
+        """Write `(checkpoint, path)` pairs in order in the background, then call `then()` there."""
+        self.wait()
+
+        def write() -> None:
+            try:
+                for checkpoint, path in files:
+                    save_checkpoint(checkpoint, path)
+                if then:
+                    then()
+            except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
+                self._error = exc
+
+        # not a daemon: an interpreter that is exiting finishes the write (or cleans its temporary file)
+        self._thread = threading.Thread(target=write, name="galbench-checkpoint")
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the write in flight has finished; raise its error, if it had one."""
+        self.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def join(self) -> None:
+        """Block until the write in flight has finished, keeping any error for `wait`."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
 class Trainer:
     """The state of one run between epochs; `run()` below drives it."""
 
@@ -218,11 +283,24 @@ class Trainer:
         self.costs = Costs(energy_joules=0.0 if self.energy.joules() is not None else None)
         self.epoch = 0
         self.best = {"val_accuracy": -1.0, "epoch": 0.0}
+        self.best_checkpoint: dict | None = None  # on the CPU, not yet written to best.pt
         self.reached: set[float] = set()
         self.steps_per_epoch = math.ceil(len(train) / self.cfg.batch_size)
+        self.writer = CheckpointWriter()
+        self.last_checkpoint_time = time.perf_counter()
 
     # --- persistence ---------------------------------------------------------------------------------
-    def save_last(self) -> None:
+    def checkpoint_due(self) -> bool:
+        """Whether this epoch's end gets a checkpoint: `train.checkpoint_every`, and always the last epoch."""
+        every = self.cfg.checkpoint_every
+        if self.epoch >= self.cfg.epochs:
+            return True
+        if isinstance(every, str):  # seconds, as "600s"
+            return time.perf_counter() - self.last_checkpoint_time >= float(every[:-1])
+        return self.epoch % every == 0
+
+    def save_last(self, then: Callable[[], None] | None = None) -> None:
+        """Snapshot the run's state on the CPU and write it (with the best weights, if new) in the background."""
         checkpoint = model_checkpoint(self.model, self.spec, {})
         rng = {"shuffle": self.shuffle.get_state(), "augment": self.augment_rng.get_state(),
                "torch": torch.get_rng_state()}
@@ -231,7 +309,14 @@ class Trainer:
         checkpoint.update(optimizer=self.optimizer.state_dict(), rng=rng, epoch=self.epoch,
                           events_logged=len(self.log.read()), costs=self.costs.as_dict(), best=self.best,
                           reached=sorted(self.reached))
-        save_checkpoint(checkpoint, self.run_dir / "last.pt")
+        files = []
+        if self.best_checkpoint is not None:
+            # best.pt first: a kill between the two files resumes from the older last.pt, which redoes the epoch
+            files.append((self.best_checkpoint, self.run_dir / "best.pt"))
+            self.best_checkpoint = None
+        files.append((cpu_copy(checkpoint), self.run_dir / "last.pt"))
+        self.writer.submit(files, then)
+        self.last_checkpoint_time = time.perf_counter()
 
     def restore(self, checkpoint: dict) -> None:
         self.model.load_state_dict(checkpoint["state_dict"])
@@ -278,8 +363,8 @@ class Trainer:
                 self.on_event(reached)
         if accuracy > self.best["val_accuracy"]:
             self.best = {"val_accuracy": accuracy, "epoch": epochs}
-            save_checkpoint(model_checkpoint(self.model, spec, {"val_accuracy": accuracy, "epochs": epochs}),
-                            self.run_dir / "best.pt")
+            self.best_checkpoint = cpu_copy(model_checkpoint(self.model, spec, {"val_accuracy": accuracy,
+                                                                                "epochs": epochs}))
         self.step_model.train()
 
     def train_one_epoch(self) -> None:
@@ -316,10 +401,12 @@ def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, 
         on_event: Callable[[dict], None] | None = None, on_checkpoint: Callable[[], None] | None = None) -> dict:
     """Train one run to its end (resuming if it was interrupted) and return its results.
 
-    `on_checkpoint()` is called whenever the run directory's files are consistent: after each epoch's
-    checkpoint and at the end (remote executors ship the files back to the driver then).
+    `on_checkpoint()` is called whenever the run directory's files are consistent: once each checkpoint
+    is written (from the writer's thread) and at the end (remote executors ship the files back then).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.tmp"):  # a write cut short by a kill: never a checkpoint
+        stale.unlink()
     log = EventLog(run_dir / "events.jsonl")
     logged = log.read()
     if any(e["event"] == "run_stop" for e in logged):
@@ -338,11 +425,14 @@ def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, 
                     "test_size": len(test), "classes": spec.classes, "thresholds": spec.thresholds,
                     **spec.meta})
     trainer.begin_session()
-    while trainer.epoch < spec.train.epochs:
-        trainer.train_one_epoch()
-        trainer.save_last()
-        if on_checkpoint:
-            on_checkpoint()
+    try:
+        while trainer.epoch < spec.train.epochs:
+            trainer.train_one_epoch()
+            if trainer.checkpoint_due():
+                trainer.save_last(then=on_checkpoint)
+        trainer.writer.wait()
+    finally:
+        trainer.writer.join()  # an interrupted run still finishes the write in flight
     best = load_checkpoint(run_dir / "best.pt")
     trainer.model.load_state_dict(best["state_dict"])
     accuracy, loss, predicted = evaluate(trainer.model, test, trainer.normalizer, 256, trainer.precision,

@@ -24,7 +24,7 @@ from astropy.table import Table
 from galbench.data.catalog import Catalog, read_catalog, release_pages, write_catalog
 from galbench.data.tensors import prepare_images
 from galbench.errors import GalbenchError
-from galbench.fileio import file_sha256, write_json_atomic
+from galbench.fileio import atomic_path, file_sha256, write_json_atomic
 from galbench.inference.export import deployed_from_checkpoint, read_metadata
 from galbench.models.weights import load_checkpoint
 
@@ -244,10 +244,8 @@ def classify(input_path: str | Path, model: str | Path | None = None, run: str |
     for chunk_start, chunk_stop, chunk_probabilities, chunk_bad in finished:
         probabilities[chunk_start:chunk_stop], bad_rows[chunk_start:chunk_stop] = chunk_probabilities, chunk_bad
         if partial is not None:
-            done = partial / f"rows_{chunk_start:012d}.npz"
-            tmp = done.with_suffix(".tmp.npz")
-            np.savez(tmp, p=chunk_probabilities, bad=chunk_bad)
-            tmp.rename(done)
+            with atomic_path(partial / f"rows_{chunk_start:012d}.npz") as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, p=chunk_probabilities, bad=chunk_bad)
     wall = time.perf_counter() - start_wall
     if fetched_column:
         catalog.table.remove_column(fetched_column)
