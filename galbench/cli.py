@@ -4,25 +4,47 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 from pathlib import Path
 
+from rich.markup import escape
+
 from galbench import __version__
-from galbench.console import err, out, progress_bar
+from galbench.console import always, err, out, progress_bar, set_quiet
 from galbench.errors import GalbenchError
+from galbench.fileio import user_os_error
 
 EXIT_BAD_INPUT = 2
 
 EPILOG = """\
 typical session:
-  galbench data synth sim.fits --n 2000 --size 64      simulate SDSS-like galaxies (offline)
+  galbench data synth sim.fits --n 500 --seed 7 --classes elliptical,lenticular,spiral,edge-on,irregular
+                                                        simulate SDSS-like galaxies (offline), the quickstart's classes
   galbench data info sim.fits                           what is in a catalog file
   galbench data montage sim.fits sim.png                look at examples of every class
-  galbench run suites/quickstart.toml                   train scratch vs pretrained arms over seeds
+  galbench run quickstart                               train scratch vs pretrained arms over seeds
   galbench report reports/quickstart/<run-id>           tables, plots and significance tests
   galbench classify sim.fits --run reports/quickstart/<run-id>   classify a catalog with the winner
 
-Every command takes --help. Bad input gets one line on stderr and exit code 2."""
+Every command takes --help. Progress and messages go to stderr (plain lines when it is not a terminal),
+results to stdout. Bad input gets one line on stderr and exit code 2. Caches (simulated catalogs,
+pretrainings, cutouts) live in $GALBENCH_CACHE, by default ~/.cache/galbench."""
+
+
+class _Usage(Exception):
+    """A command group given without its sub-command: its help goes to stderr and the exit code is 2."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        super().__init__(parser.prog)
+        self.parser = parser
+
+
+def _usage(parser: argparse.ArgumentParser):
+    def handler(args) -> None:
+        raise _Usage(parser)
+
+    return handler
 
 
 def _cmd_data_synth(args) -> None:
@@ -39,10 +61,15 @@ def _cmd_data_synth(args) -> None:
 
 
 def _cmd_data_info(args) -> None:
-    from galbench.analysis.report import catalog_info_table
-    from galbench.data.catalog import read_catalog
+    from galbench.data.catalog import catalog_summary, read_catalog
 
-    out.print(catalog_info_table(read_catalog(args.file, require_images=False)))
+    catalog = read_catalog(args.file, require_images=False)
+    if args.json:
+        sys.stdout.write(json.dumps(catalog_summary(catalog), indent=2) + "\n")
+        return
+    from galbench.analysis.report import catalog_info_table
+
+    out.print(catalog_info_table(catalog))
 
 
 def _cmd_data_montage(args) -> None:
@@ -60,25 +87,26 @@ def _cmd_data_import(args) -> None:
 
     source = Path(args.source)
     crop = _parse_crop(args.crop)
+    labels_csv = Path(args.labels) if args.labels else source / "labels.csv"
     if source.suffix.lower() in (".h5", ".hdf5"):
         catalog, report = importers.import_galaxy10(source, crop=crop, size=args.size)
     elif not source.is_dir():
         raise GalbenchError("not a folder or an HDF5 file", where=str(source))
-    elif args.map:
-        class_map = importers.parse_class_map(args.map)
-        total = _count_csv_rows(Path(args.labels) if args.labels else source / "labels.csv")
+    elif args.map or args.labels or labels_csv.exists():
+        class_map = importers.parse_class_map(args.map) if args.map else None
+        total = len(importers.read_labels_csv(labels_csv, ()))
         with progress_bar("decoding images", total, unit="images") as advance:
             catalog, report = importers.import_folder_csv(
-                source, args.labels, args.class_column, class_map, id_column=args.id_column, crop=crop,
-                size=args.size, strict=args.strict, progress=advance, workers=args.workers)
+                source, labels_csv, args.class_column, class_map, id_column=args.id_column, crop=crop,
+                size=args.size, strict=args.strict, progress=advance, workers=args.workers, dedupe=args.dedupe)
     else:
         catalog, report = importers.import_class_folders(source, crop=crop, size=args.size, strict=args.strict,
-                                                         workers=args.workers)
+                                                         workers=args.workers, dedupe=args.dedupe)
     write_catalog(args.out, catalog)
     err.print(f"wrote {report.kept} galaxies to {args.out}; dropped {report.unmapped} rows with unmapped "
-              f"labels and {len(report.bad_images)} bad images")
+              f"labels, {report.duplicates} repeated objids and {len(report.bad_images)} bad images")
     for name, reason in report.bad_images[:20]:
-        err.print(f"  [yellow]skipped[/] {name}: {reason}")
+        err.print(f"  [yellow]skipped[/] {escape(name)}: {escape(reason)}")
 
 
 def _cmd_run(args) -> None:
@@ -172,7 +200,7 @@ def _print_checkpoint_cost(path: Path) -> None:
 
     meta = load_checkpoint(path)["meta"]
     cost = meta["pretrain_cost"]
-    out.print(f"wrote {path}: pretraining val accuracy {meta['pretrain_val_accuracy']:.3f}; cost "
+    err.print(f"wrote {path}: pretraining val accuracy {meta['pretrain_val_accuracy']:.3f}; cost "
               f"{cost['samples']:,} samples, {cost['train_flops'] / 1e12:.2f} TFLOPs, "
               f"{cost['device_seconds']:.1f} device-s, {cost['wall_seconds']:.1f} s wall "
               f"(+{cost['generation_seconds']:.1f} s generating data)")
@@ -189,7 +217,7 @@ def _cmd_export(args) -> None:
 
         sample = synthesize(SynthParams(n=args.parity_images, size=128, seed=12345), workers=1).images
     meta = export_onnx(args.checkpoint, args.out, sample, fp16=args.fp16)
-    out.print(f"wrote {args.out} ({meta['precision']}, + {Path(args.out).with_suffix('.pt').name}); parity on "
+    err.print(f"wrote {args.out} ({meta['precision']}, + {Path(args.out).with_suffix('.pt').name}); parity on "
               f"{meta['parity_images']} "
               f"images: max |logit difference| {meta['parity_max_abs_logit_difference']}, argmax agreement "
               f"{meta['parity_argmax_agreement']}")
@@ -209,9 +237,11 @@ def _cmd_classify(args) -> None:
                          batch_size=args.batch_size, resume=args.resume, skip_bad=args.skip_bad,
                          copy_images=args.copy_images, progress=advance, executor=args.executor,
                          address=args.address, fetch=fetch)
-    counts = {str(name): int((table["pred_class"] == name).sum()) for name in dict.fromkeys(table["pred_class"])}
+    counts = ", ".join(f"{name} {int((table['pred_class'] == name).sum()):,}"
+                       for name in dict.fromkeys(table["pred_class"]))
     err.print(f"wrote {output}: {len(table):,} galaxies with {table.meta['BACKEND']} "
-              f"({table.meta['PROVIDRS']}) at {table.meta['GAL_PER_S']:,.0f} galaxies/s; predicted {counts}")
+              f"({table.meta['PROVIDRS']}) at {table.meta['GAL_PER_S']:,.0f} galaxies/s; predicted {counts}",
+              highlight=False)
 
 
 def _cmd_data_sdss(args) -> None:
@@ -246,13 +276,6 @@ def _cmd_data_sdss(args) -> None:
               f"failed {len(report.failed)}" + (f" (listed in {failed_path})" if len(failed) else ""))
 
 
-def _count_csv_rows(path: Path) -> int:
-    if not path.exists():
-        raise GalbenchError("labels CSV not found", where=str(path), fix="pass --labels CSV")
-    with open(path) as handle:
-        return max(sum(1 for _ in handle) - 1, 0)
-
-
 def _parse_crop(text: str | None):
     if text is None:
         return None
@@ -271,13 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="galbench", formatter_class=formatter, epilog=EPILOG,
         description="Benchmark galaxy-morphology classifiers: does pretraining pay off, in accuracy and compute?")
-    parser.add_argument("--version", action="version", version=f"galbench {__version__}")
-    parser.set_defaults(handler=lambda args: parser.print_help())
+    parser.add_argument("-V", "--version", action="version", version=f"galbench {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress or messages on stderr, only errors (results still go to stdout)")
+    parser.set_defaults(handler=_usage(parser))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     data = commands.add_parser("data", help="make, import and inspect galaxy-catalog FITS files",
                                description="Galaxy-catalog FITS files: simulate, import, inspect.")
-    data.set_defaults(handler=lambda args: data.print_help())
+    data.set_defaults(handler=_usage(data))
     data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
 
     synth = data_commands.add_parser(
@@ -297,11 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     synth.set_defaults(handler=_cmd_data_synth)
 
-    info = data_commands.add_parser("info", help="HDUs, class counts, image shape and bands of a catalog file")
+    info = data_commands.add_parser("info", help="HDUs, class counts, image shape and bands of a catalog file",
+                                    formatter_class=formatter,
+                                    epilog="examples:\n  galbench data info sim.fits\n  galbench data info sim.fits --json")
     info.add_argument("file", type=Path)
+    info.add_argument("--json", action="store_true", help="print the facts as JSON on stdout")
     info.set_defaults(handler=_cmd_data_info)
 
-    montage = data_commands.add_parser("montage", help="a PNG grid of example images per class")
+    montage = data_commands.add_parser("montage", help="a PNG grid of example images per class",
+                                       formatter_class=formatter,
+                                       epilog="example:\n  galbench data montage sim.fits sim.png --per-class 4")
     montage.add_argument("file", type=Path)
     montage.add_argument("out", type=Path, help="output PNG")
     montage.add_argument("--per-class", type=int, default=8, help="images per class (default 8)")
@@ -311,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp = data_commands.add_parser(
         "import", help="import real images into a catalog FITS file", formatter_class=formatter,
         description="Import images: a folder with a labels CSV (objid + class column; images in FOLDER or "
-                    "FOLDER/images named <objid>.jpeg/.png/.fits), a folder with one sub-folder per class, or a "
-                    "Galaxy10 HDF5 file.",
+                    "FOLDER/images named <objid>.jpeg/.png/.fits; without --map every value of the class column "
+                    "is a class), a folder with one sub-folder per class (when there is no labels CSV), or a "
+                    "Galaxy10 HDF5 file. 16-bit and float images are scaled from their own range to 8 bits.",
         epilog="example (the Galaxy Zoo 1 sample, 3 classes, 64 px from the central half):\n"
                "  galbench data import ../shared/data/gz1-sdss gz1.fits --class-column gz1_class \\\n"
                "      --map elliptical=0 --map spiral=1,2 --map edge-on=3 --crop 0.5 --size 64")
@@ -327,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--crop", help="centre crop: fraction of the side (0.5) or pixels (212)")
     imp.add_argument("--size", type=int, help="resize to SIZE x SIZE pixels after cropping")
     imp.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
+    imp.add_argument("--dedupe", choices=["first"],
+                     help="keep the first row of each repeated objid (default: a repeated objid is an error)")
     imp.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
     imp.set_defaults(handler=_cmd_data_import)
 
@@ -365,9 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "FLOPs, device-seconds and energy spent, and when each accuracy threshold was first reached.\n"
                     "Results go to reports/<suite>/<hash>/ (or --out). Rerunning the same command skips finished\n"
                     "runs and resumes an interrupted one from its last epoch.",
-        epilog="examples:\n  galbench run suites/quickstart.toml\n"
-               "  galbench run suites/quickstart.toml --seeds 5 --set train.epochs=3 --set variant.scratch.train.lr=0.02")
-    run.add_argument("suite", type=Path, help="suite TOML file")
+        epilog="examples:\n  galbench run quickstart\n"
+               "  galbench run suites/quickstart.toml --seeds 5 --set train.epochs=3 --set variant.scratch.train.lr=0.02\n"
+               "  galbench run quickstart --set train.checkpoint_every='600s'   checkpoint every 10 minutes\n"
+               "A second command on the same run directory stops at once with the first one's PID.\n"
+               "Results are deterministic on one machine (the same numbers again), not across processors.")
+    run.add_argument("suite", help="suite TOML file, or a suite shipped with galbench by name (quickstart)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a suite value (TOML syntax), e.g. train.epochs=3; repeatable")
     run.add_argument("--seeds", help="seed count (5) or list ([0,3,7]), overriding suite.seeds")
@@ -395,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain = commands.add_parser(
         "pretrain", help="make pretrained checkpoints offline (fractals, other catalogs)",
         description="Pretrain a model offline and write a galbench checkpoint that records what it cost.")
-    pretrain.set_defaults(handler=lambda args: pretrain.print_help())
+    pretrain.set_defaults(handler=_usage(pretrain))
     pretrain_commands = pretrain.add_subparsers(dest="pretrain_command", metavar="SOURCE")
     fractal = pretrain_commands.add_parser(
         "fractal", help="FractalDB-style formula-driven images (Kataoka et al. 2020)", formatter_class=formatter,
@@ -471,18 +507,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_quiet_everywhere(parser: argparse.ArgumentParser) -> None:
+    """-q/--quiet after any sub-command too (`galbench run quickstart -q`), not only before it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                if "--quiet" not in sub._option_string_actions:
+                    sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                                     help="no progress or messages on stderr, only errors")
+                _add_quiet_everywhere(sub)
+
+
+def _after_interrupt(args) -> str:
+    """What to do after Ctrl-C, by command: what a rerun picks up."""
+    if args.command in ("run", "pretrain"):
+        return "run the same command again to resume"
+    if args.command == "classify":
+        return "run the same command " + ("again" if args.resume else "with --resume") + " to continue"
+    if args.command == "data" and args.data_command == "sdss":
+        return "the cutouts fetched so far are cached; run the same command again to fetch the rest"
+    return "nothing half-written was left"
+
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `galbench` console script; returns the exit code."""
     parser = build_parser()
+    _add_quiet_everywhere(parser)
     args = parser.parse_args(argv)
+    set_quiet(args.quiet)
     try:
         args.handler(args)
+    except _Usage as usage:
+        usage.parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
     except GalbenchError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        always(f"[bold red]error:[/] {escape(str(exc))}")
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        # a full disk, a read-only file system, no permission: the user's to fix, not a bug
+        user_error = user_os_error(exc, exc.filename or getattr(args, "out", None))
+        if user_error is None:
+            raise
+        always(f"[bold red]error:[/] {escape(str(user_error))}")
+        return EXIT_BAD_INPUT
+    except MemoryError as exc:
+        always(f"[bold red]error:[/] out of memory ({escape(str(exc))}); use smaller data or a smaller "
+               "data.memory_budget_mb")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]; run the same command again to resume")
+        always(f"[yellow]interrupted[/]; {_after_interrupt(args)}")
         return 130
+    finally:
+        set_quiet(False)
     return 0
 
 
