@@ -40,9 +40,13 @@ def user_os_error(exc: OSError, path: str | os.PathLike | None = None) -> Galben
     """The one-line error for a full disk, a read-only file system or a permission problem (None for others).
 
     `path` names the file when the OS did not (a failed write on an open file carries no name)."""
-    if exc.errno not in _ACTIONABLE:
+    # libraries re-raise the OS's error as their own, keeping it as the context (astropy's free-space check)
+    cause: BaseException | None = exc
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in _ACTIONABLE):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
         return None
-    what, fix = _ACTIONABLE[exc.errno]
+    what, fix = _ACTIONABLE[cause.errno]
     where = path if path is not None else exc.filename
     return GalbenchError(what, where=str(where) if where is not None else None, fix=fix)
 
@@ -68,6 +72,14 @@ def remove_empty(folders: list[Path]) -> None:
             break
 
 
+def _no_space_left(folder: Path) -> bool:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 2**16
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
@@ -87,10 +99,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         os.replace(tmp_path, target)
         created = []
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         # the temporary file's name means nothing to the user: name the target (or what else failed)
-        named = exc.filename is not None and Path(exc.filename).parent != target.parent
-        error = user_os_error(exc, exc.filename if named else target)
+        filename = getattr(exc, "filename", None)
+        named = filename is not None and Path(filename).parent != target.parent
+        error = user_os_error(exc, filename if named else target) if isinstance(exc, OSError) else None
+        if error is None and getattr(exc, "errno", None) is None and _no_space_left(target.parent):
+            # some writers report a full disk without an errno: numpy's short writes (under astropy) raise a
+            # bare OSError, torch.save a RuntimeError from its zip writer
+            error = user_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), target)
         if error is None:
             raise
         raise error from None

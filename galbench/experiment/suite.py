@@ -214,7 +214,7 @@ class Suite(_Strict):
     def _cross_checks(self):
         names = [v.name for v in self.variant]
         if len(set(names)) != len(names):
-            raise ValueError(f"variant names must be unique, got {names}")
+            raise ValueError(f"variant names must be unique, got {', '.join(names)}")
         pretrained_names = {p.name for p in self.pretrained}
         for variant in self.variant:
             if variant.init.startswith("pretrained:") and variant.init.split(":", 1)[1] not in pretrained_names:

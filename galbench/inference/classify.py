@@ -206,7 +206,8 @@ def classify(input_path: str | Path, model: str | Path | None = None, run: str |
                                 fix="add an IMAGES HDU or a column image_path of JPEG/PNG/FITS paths, or pass "
                                     "--fetch to fetch SDSS cutouts for its ra/dec")
     if (catalog.labels >= 0).any() and catalog.classes != meta["classes"]:
-        raise GalbenchError(f"the catalog's classes {catalog.classes} do not match the model's {meta['classes']}",
+        raise GalbenchError(f"the catalog's classes ({', '.join(catalog.classes)}) do not match the model's "
+                            f"({', '.join(meta['classes'])})",
                             where=str(input_path))
     if batch_size < 1:
         raise GalbenchError("--batch-size must be at least 1")
