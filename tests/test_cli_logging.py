@@ -50,8 +50,8 @@ def test_a_run_with_stderr_captured_logs_runs_data_and_status_lines(cli, tmp_pat
 
 
 def test_a_classification_logs_plain_progress(cli, tmp_path, finished_suite):
-    from galbench.data.synth import SynthParams, synthesize
     from galbench.data.catalog import write_catalog
+    from galbench.data.synth import SynthParams, synthesize
 
     write_catalog(tmp_path / "sim.fits", synthesize(SynthParams(n=40, seed=9), workers=1))
     code, _, err = cli("classify", tmp_path / "sim.fits", "--model", finished_suite / "export" / "winner.onnx",
