@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         "synth", help="simulate SDSS-like galaxies with GalSim", formatter_class=formatter,
         description="Simulate SDSS-like galaxy cutouts (GalSim profiles, seeing, sky noise, Lupton colour).\n"
                     "The same arguments give a byte-identical file.",
-        epilog="example:\n  galbench data synth sim.fits --n 2000 --size 64 --classes elliptical,spiral:2,edge-on")
+        epilog="example:\n  galbench data synth mixed.fits --n 2000 --size 64 --classes elliptical,spiral:2,edge-on")
     synth.add_argument("out", type=Path, help="output catalog FITS file")
     synth.add_argument("--n", type=int, default=2000, help="number of galaxies (default 2000)")
     synth.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
