@@ -32,6 +32,41 @@ results to stdout. Bad input gets one line on stderr and exit code 2. Caches (si
 pretrainings, cutouts) live in $GALBENCH_CACHE, by default ~/.cache/galbench."""
 
 
+def _at_least(low: int):
+    """An argparse type: an integer >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (what, and where the help is) and exit code 2, like any other
+    bad input."""
+
+    def error(self, message: str):
+        always(f"[bold red]error:[/] {escape(self.prog)}: {escape(message)} (see {escape(self.prog)} --help)")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
 class _Usage(Exception):
     """A command group given without its sub-command: its help goes to stderr and the exit code is 2."""
 
@@ -291,7 +326,7 @@ def _parse_crop(text: str | None):
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (every sub-command with its help)."""
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="galbench", formatter_class=formatter, epilog=EPILOG,
         description="Benchmark galaxy-morphology classifiers: does pretraining pay off, in accuracy and compute?")
     parser.add_argument("-V", "--version", action="version", version=f"galbench {__version__}")
@@ -319,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "spiral, edge-on, irregular (default elliptical,spiral,edge-on, equal mix)")
     synth.add_argument("--star-probability", type=float, default=0.3,
                        help="chance that neighbouring stars share the cutout (default 0.3)")
-    synth.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    synth.add_argument("--workers", type=_at_least(1), default=None, help="worker processes (default: all cores)")
     synth.set_defaults(handler=_cmd_data_synth)
 
     info = data_commands.add_parser("info", help="HDUs, class counts, image shape and bands of a catalog file",
@@ -334,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        epilog="example:\n  galbench data montage sim.fits sim.png --per-class 4")
     montage.add_argument("file", type=Path)
     montage.add_argument("out", type=Path, help="output PNG")
-    montage.add_argument("--per-class", type=int, default=8, help="images per class (default 8)")
+    montage.add_argument("--per-class", type=_at_least(1), default=8, help="images per class (default 8)")
     montage.add_argument("--seed", type=int, default=0, help="which examples to pick (default 0)")
     montage.set_defaults(handler=_cmd_data_montage)
 
@@ -356,11 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="class NAME from source labels SRC; repeat per class, in label order; rows with "
                           "unmapped labels are dropped and counted")
     imp.add_argument("--crop", help="centre crop: fraction of the side (0.5) or pixels (212)")
-    imp.add_argument("--size", type=int, help="resize to SIZE x SIZE pixels after cropping")
+    imp.add_argument("--size", type=_at_least(1), help="resize to SIZE x SIZE pixels after cropping")
     imp.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     imp.add_argument("--dedupe", choices=["first"],
                      help="keep the first row of each repeated objid (default: a repeated objid is an error)")
-    imp.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
+    imp.add_argument("--workers", type=_at_least(1), default=None, help="decoding threads (default: all cores)")
     imp.set_defaults(handler=_cmd_data_import)
 
     sdss = data_commands.add_parser(
@@ -378,15 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
     sdss.add_argument("--catalog", default="nair-abraham-2010", help="nair-abraham-2010, or a table file")
     sdss.add_argument("--scheme", default="3way", help="class scheme from T-type: 3way or 4way (default 3way)")
     sdss.add_argument("--release", default="dr17", help="SDSS data release (default dr17)")
-    sdss.add_argument("--width", type=int, default=224, help="cutout width in pixels (default 224)")
-    sdss.add_argument("--height", type=int, default=224, help="cutout height in pixels (default 224)")
-    sdss.add_argument("--scale", type=float, default=0.4, help="fixed arcsec/pixel (default 0.4)")
+    sdss.add_argument("--width", type=_at_least(1), default=224, help="cutout width in pixels (default 224)")
+    sdss.add_argument("--height", type=_at_least(1), default=224, help="cutout height in pixels (default 224)")
+    sdss.add_argument("--scale", type=_positive_float, default=0.4, help="fixed arcsec/pixel (default 0.4)")
     sdss.add_argument("--scale-column", help="scale per galaxy from this size column (e.g. petroR90_r) ...")
-    sdss.add_argument("--scale-factor", type=float, default=0.024, help="... times this factor (default 0.024)")
-    sdss.add_argument("--workers", type=int, default=4, help="parallel requests (default 4: be polite)")
-    sdss.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
-    sdss.add_argument("--retries", type=int, default=3, help="retries on timeouts and 5xx (default 3)")
-    sdss.add_argument("--limit", type=int, help="only the first N rows")
+    sdss.add_argument("--scale-factor", type=_positive_float, default=0.024, help="... times this factor (default 0.024)")
+    sdss.add_argument("--workers", type=_at_least(1), default=4, help="parallel requests (default 4: be polite)")
+    sdss.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds per request (default 30)")
+    sdss.add_argument("--retries", type=_at_least(0), default=3, help="retries on timeouts and 5xx (default 3)")
+    sdss.add_argument("--limit", type=_at_least(1), help="only the first N rows")
     sdss.add_argument("--vizier-url", help="VizieR base URL (or $GALBENCH_VIZIER_URL)")
     sdss.add_argument("--skyserver-url", help="SkyServer base URL, {release} filled in (or $GALBENCH_SKYSERVER_URL)")
     sdss.set_defaults(handler=_cmd_data_sdss)
@@ -439,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  galbench pretrain fractal fractal.pt --classes 32 --per-class 64 --size 64 --model alexnet-small")
     fractal.add_argument("out", type=Path, help="output checkpoint (.pt)")
     fractal.add_argument("--classes", type=int, default=32, help="number of fractal classes (default 32)")
-    fractal.add_argument("--per-class", type=int, default=64, help="images per class (default 64)")
+    fractal.add_argument("--per-class", type=_at_least(1), default=64, help="images per class (default 64)")
     fractal.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     fractal.add_argument("--seed", type=int, default=0)
     catalog_pre = pretrain_commands.add_parser(
@@ -448,13 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  galbench pretrain catalog sim-pretrained.pt --data sim.fits --model alexnet-small")
     catalog_pre.add_argument("out", type=Path, help="output checkpoint (.pt)")
     catalog_pre.add_argument("--data", type=Path, required=True, help="catalog FITS file to pretrain on")
-    catalog_pre.add_argument("--size", type=int, help="image size (default: the catalog's)")
+    catalog_pre.add_argument("--size", type=_at_least(32), help="image size (default: the catalog's)")
     catalog_pre.add_argument("--seed", type=int, default=0)
     for sub, handler in ((fractal, _cmd_pretrain_fractal), (catalog_pre, _cmd_pretrain_catalog)):
         sub.add_argument("--model", default="alexnet-small", help="registered model (default alexnet-small)")
-        sub.add_argument("--epochs", type=int, default=8, help="epochs (default 8)")
-        sub.add_argument("--lr", type=float, default=0.001, help="AdamW learning rate (default 0.001)")
-        sub.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+        sub.add_argument("--epochs", type=_at_least(1), default=8, help="epochs (default 8)")
+        sub.add_argument("--lr", type=_positive_float, default=0.001, help="AdamW learning rate (default 0.001)")
+        sub.add_argument("--batch-size", type=_at_least(1), default=128, help="batch size (default 128)")
         sub.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         sub.set_defaults(handler=handler)
 
