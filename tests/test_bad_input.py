@@ -223,3 +223,21 @@ def test_classify_interrupted_says_resume(cli, small_catalog_file, tmp_path, mon
     monkeypatch.setattr(classify_module, "classify", interrupted)
     code, _, err = cli("classify", small_catalog_file, "--model", tmp_path / "model.onnx", "--out", tmp_path / "out.fits")
     assert code == 130 and "interrupted" in err and "with --resume" in err
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["data", "montage", "{catalog}", "{tmp}/m.png", "--per-class", "0"], "--per-class: must be at least 1, got 0"),
+    (["pretrain", "fractal", "{tmp}/f.pt", "--epochs", "0"], "--epochs: must be at least 1, got 0"),
+    (["data", "synth", "{tmp}/s.fits", "--workers", "two"], "--workers: 'two' is not a whole number"),
+    (["run", "quickstart", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_arguments_are_one_line(capsys, small_catalog_file, tmp_path, argv, fragment):
+    from galbench.cli import main
+
+    argv = [part.format(catalog=small_catalog_file, tmp=tmp_path) for part in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0] and lines[0].startswith("error: galbench"), lines
+    assert list(tmp_path.iterdir()) == [small_catalog_file]

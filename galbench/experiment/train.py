@@ -283,7 +283,8 @@ class Trainer:
         self.costs = Costs(energy_joules=0.0 if self.energy.joules() is not None else None)
         self.epoch = 0
         self.best = {"val_accuracy": -1.0, "epoch": 0.0}
-        self.best_checkpoint: dict | None = None  # on the CPU, not yet written to best.pt
+        self.best_checkpoint: dict | None = None  # this session's best, on the CPU (best.pt once written)
+        self.best_unwritten = False
         self.reached: set[float] = set()
         self.steps_per_epoch = math.ceil(len(train) / self.cfg.batch_size)
         self.writer = CheckpointWriter()
@@ -310,10 +311,10 @@ class Trainer:
                           events_logged=len(self.log.read()), costs=self.costs.as_dict(), best=self.best,
                           reached=sorted(self.reached))
         files = []
-        if self.best_checkpoint is not None:
+        if self.best_unwritten:
             # best.pt first: a kill between the two files resumes from the older last.pt, which redoes the epoch
             files.append((self.best_checkpoint, self.run_dir / "best.pt"))
-            self.best_checkpoint = None
+            self.best_unwritten = False
         files.append((cpu_copy(checkpoint), self.run_dir / "last.pt"))
         self.writer.submit(files, then)
         self.last_checkpoint_time = time.perf_counter()
@@ -363,6 +364,7 @@ class Trainer:
                 self.on_event(reached)
         if accuracy > self.best["val_accuracy"]:
             self.best = {"val_accuracy": accuracy, "epoch": epochs}
+            self.best_unwritten = True
             self.best_checkpoint = cpu_copy(model_checkpoint(self.model, spec, {"val_accuracy": accuracy,
                                                                                 "epochs": epochs}))
         self.step_model.train()
@@ -430,13 +432,17 @@ def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, 
             trainer.train_one_epoch()
             if trainer.checkpoint_due():
                 trainer.save_last(then=on_checkpoint)
+        # the test evaluation overlaps the last write when this session holds the best weights in memory
+        best = trainer.best_checkpoint
+        if best is None:
+            trainer.writer.wait()
+            best = load_checkpoint(run_dir / "best.pt")
+        trainer.model.load_state_dict(best["state_dict"])
+        accuracy, loss, predicted = evaluate(trainer.model, test, trainer.normalizer, 256, trainer.precision,
+                                             spec.train.channels_last)
         trainer.writer.wait()
     finally:
         trainer.writer.join()  # an interrupted run still finishes the write in flight
-    best = load_checkpoint(run_dir / "best.pt")
-    trainer.model.load_state_dict(best["state_dict"])
-    accuracy, loss, predicted = evaluate(trainer.model, test, trainer.normalizer, 256, trainer.precision,
-                                         spec.train.channels_last)
     confusion = confusion_matrix(test.labels.cpu().numpy(), predicted.numpy(), len(spec.classes))
     log.append({"event": "run_stop", "status": "success", "test_accuracy": round(accuracy, 6),
                 "test_loss": round(loss, 6), "best_val_accuracy": round(trainer.best["val_accuracy"], 6),
