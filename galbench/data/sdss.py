@@ -125,6 +125,8 @@ def read_table(path: str | Path) -> Table:
     if not path.exists():
         raise GalbenchError("catalog table not found", where=str(path))
     suffix = path.suffix.lower()
+    if suffix == ".gz":  # astropy reads gzipped tables itself (only image cubes need memory maps)
+        suffix = Path(path.stem).suffix.lower()
     formats = {".fits": "fits", ".fit": "fits", ".csv": "ascii.csv", ".vot": "votable", ".xml": "votable"}
     if suffix not in formats:
         raise GalbenchError(f"unknown table format {suffix!r}", where=str(path), fix="use .fits, .csv or .vot")
