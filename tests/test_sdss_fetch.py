@@ -282,3 +282,19 @@ def test_429_without_end_fails_after_the_retries():
         server.server_close()
     assert report.failed == [(0, "HTTP 429 after 3 attempts")]
     assert [len(t) for t in AlwaysBusy.asked.values()] == [3]
+
+
+def test_gzipped_local_tables_are_read(tmp_path):
+    import gzip
+
+    table = Table({"ra": [10.0, 20.0], "dec": [-5.0, 5.0], "objid": [1, 2]})
+    table.write(tmp_path / "coords.csv", format="ascii.csv")
+    (tmp_path / "coords.csv.gz").write_bytes(gzip.compress((tmp_path / "coords.csv").read_bytes()))
+    read = sdss.read_table(tmp_path / "coords.csv.gz")
+    assert list(read["ra"]) == [10.0, 20.0] and list(read["objid"]) == [1, 2]
+
+
+def test_coordinates_outside_the_sky_are_refused():
+    table = Table({"ra": [10.0, 20.0], "dec": [-5.0, 95.0]})
+    with pytest.raises(sdss.GalbenchError, match=r"1 rows have no usable coordinates \(first: row 1, ra 20, dec 95\)"):
+        sdss.normalise_catalog(table, "mine.csv")
