@@ -53,7 +53,7 @@ def writes(monkeypatch):
 def test_best_is_written_at_most_once_per_epoch_as_weights_only(splits, tmp_path, writes):
     result = train.run(_spec(epochs=3, evals_per_epoch=4), *splits, tmp_path)
     names = [name for name, _, _ in writes]
-    assert names.count("last.pt") == 3 and 1 <= names.count("best.pt") <= 3
+    assert names.count("last.pt") == 2 and names.count("final.pt") == 1 and 1 <= names.count("best.pt") <= 3
     assert all(thread == "galbench-checkpoint" for _, _, thread in writes)  # never in the training thread
     best = load_checkpoint(tmp_path / "best.pt")
     assert "optimizer" not in best and "rng" not in best
@@ -75,11 +75,15 @@ def test_best_weights_are_those_of_the_best_evaluation(splits, tmp_path):
     assert accuracy == pytest.approx(best["meta"]["val_accuracy"], abs=1e-6)
 
 
-@pytest.mark.parametrize(("every", "expected_epochs"), [(2, [2, 4, 5]), ("3600s", [5]), (1, [1, 2, 3, 4, 5])])
+@pytest.mark.parametrize(("every", "expected_epochs"), [(2, [2, 4]), ("3600s", []), (1, [1, 2, 3, 4])])
 def test_checkpoint_every_epochs_or_seconds_and_always_the_last_epoch(splits, tmp_path, writes, every,
                                                                       expected_epochs):
     train.run(_spec(epochs=5, evals_per_epoch=1, checkpoint_every=every), *splits, tmp_path)
     assert [epoch for name, epoch, _ in writes if name == "last.pt"] == expected_epochs
+    # the last epoch's weights, without the optimizer's state: nothing resumes from a finished run
+    assert [name for name, _, _ in writes].count("final.pt") == 1
+    final = load_checkpoint(tmp_path / "final.pt")
+    assert final["meta"]["epochs"] == 5 and "optimizer" not in final
 
 
 def test_the_snapshot_is_a_copy_that_later_steps_cannot_change():

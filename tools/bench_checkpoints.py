@@ -45,13 +45,15 @@ def _checkpoints(mode: str, counter: dict):
     real_copy = getattr(train, "cpu_copy", None)
     kept: dict[str, dict] = {}
 
-    def counting_save(obj, f, *args, **kwargs):
+    def counting_save(obj, f, *args, **kwargs):  # f: a path, or an open file (galbench's versions differ)
         real_save(obj, f, *args, **kwargs)
-        counter["bytes"] += os.path.getsize(f)
+        if hasattr(f, "flush"):
+            f.flush()
+        counter["bytes"] += os.fstat(f.fileno()).st_size if hasattr(f, "fileno") else os.path.getsize(f)
         counter["files"] += 1
 
     def keeping_save(obj, f, *args, **kwargs):
-        tmp = Path(f)  # atomic_path's temporary name: .NAME.RANDOM.tmp beside NAME
+        tmp = Path(getattr(f, "name", f))  # atomic_path's temporary name: .NAME.RANDOM.tmp beside NAME
         kept[str(tmp.parent / tmp.name[1:].rsplit(".", 2)[0])] = obj
 
     def timed(function):

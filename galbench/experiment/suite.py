@@ -122,7 +122,7 @@ class TrainSection(_Strict):
     compile: bool = False
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    checkpoint_every: int | str = 1  # epochs between checkpoints, or seconds as "600s"; the last epoch always
+    checkpoint_every: int | str = 1  # epochs between last.pt writes, or seconds as "600s"
 
     @field_validator("checkpoint_every")
     @classmethod

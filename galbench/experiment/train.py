@@ -2,7 +2,7 @@
 
 The loop is plain to see: `train_one_epoch`, `evaluate`, `run`. Each run writes an append-only JSON-lines
 event log (run_start, eval, threshold_reached, run_stop) and checkpoints `last.pt` at every epoch's end
-(or every `train.checkpoint_every` epochs or seconds). A rerun skips a finished run and resumes an
+(or every `train.checkpoint_every` epochs or seconds); the last epoch's weights go to `final.pt`. A rerun skips a finished run and resumes an
 interrupted one from `last.pt`, first cutting the log back to what that checkpoint had seen, so at most
 the epochs since the last checkpoint are lost and, on the CPU, the resumed run's results equal an
 uninterrupted run's.
@@ -194,8 +194,11 @@ def model_checkpoint(model: nn.Module, spec: RunSpec, extra_meta: dict) -> dict:
 
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
     """torch.save through a temporary file and a rename."""
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    # through a Python file object: torch then writes in chunks through file.write, which lets go of the GIL,
+    # where given a path it holds the GIL for each whole tensor (tens of ms for AlexNet's largest), stalling
+    # the training thread while checkpoints are written in the background
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(checkpoint, handle)
 
 
 def cpu_copy(value):
@@ -292,13 +295,23 @@ class Trainer:
 
     # --- persistence ---------------------------------------------------------------------------------
     def checkpoint_due(self) -> bool:
-        """Whether this epoch's end gets a checkpoint: `train.checkpoint_every`, and always the last epoch."""
+        """Whether this epoch's end gets a last.pt, by `train.checkpoint_every` (the last epoch gets final.pt)."""
         every = self.cfg.checkpoint_every
-        if self.epoch >= self.cfg.epochs:
-            return True
         if isinstance(every, str):  # seconds, as "600s"
             return time.perf_counter() - self.last_checkpoint_time >= float(every[:-1])
         return self.epoch % every == 0
+
+    def _unwritten_best(self) -> list[tuple[dict, Path]]:
+        if not self.best_unwritten:
+            return []
+        self.best_unwritten = False
+        return [(self.best_checkpoint, self.run_dir / "best.pt")]
+
+    def save_final(self) -> None:
+        """Write the final weights (final.pt, no optimizer state: nothing resumes from them) and the best
+        weights, if new, in the background. Until run_stop is logged, a kill resumes from the last last.pt."""
+        final = cpu_copy(model_checkpoint(self.model, self.spec, {"epochs": self.epoch}))
+        self.writer.submit([*self._unwritten_best(), (final, self.run_dir / "final.pt")])
 
     def save_last(self, then: Callable[[], None] | None = None) -> None:
         """Snapshot the run's state on the CPU and write it (with the best weights, if new) in the background."""
@@ -310,13 +323,8 @@ class Trainer:
         checkpoint.update(optimizer=self.optimizer.state_dict(), rng=rng, epoch=self.epoch,
                           events_logged=len(self.log.read()), costs=self.costs.as_dict(), best=self.best,
                           reached=sorted(self.reached))
-        files = []
-        if self.best_unwritten:
-            # best.pt first: a kill between the two files resumes from the older last.pt, which redoes the epoch
-            files.append((self.best_checkpoint, self.run_dir / "best.pt"))
-            self.best_unwritten = False
-        files.append((cpu_copy(checkpoint), self.run_dir / "last.pt"))
-        self.writer.submit(files, then)
+        # best.pt first: a kill between the two files resumes from the older last.pt, which redoes the epoch
+        self.writer.submit([*self._unwritten_best(), (cpu_copy(checkpoint), self.run_dir / "last.pt")], then)
         self.last_checkpoint_time = time.perf_counter()
 
     def restore(self, checkpoint: dict) -> None:
@@ -430,8 +438,9 @@ def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, 
     try:
         while trainer.epoch < spec.train.epochs:
             trainer.train_one_epoch()
-            if trainer.checkpoint_due():
+            if trainer.epoch < spec.train.epochs and trainer.checkpoint_due():
                 trainer.save_last(then=on_checkpoint)
+        trainer.save_final()
         # the test evaluation overlaps the last write when this session holds the best weights in memory
         best = trainer.best_checkpoint
         if best is None:
@@ -449,7 +458,7 @@ def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, 
                 "best_epochs": trainer.best["epoch"], "confusion": confusion.tolist(),
                 **per_class_scores(confusion),
                 "test_predictions": predicted.tolist()})
-    os.replace(last, run_dir / "final.pt")
+    last.unlink(missing_ok=True)
     if on_checkpoint:
         on_checkpoint()
     return results_from_events(log.read(), spec.thresholds)
