@@ -137,10 +137,6 @@ def test_written_files_get_ordinary_permissions(tmp_path):
 # --- suite files, catalogs and runs: one line, exit 2, no folder or file left behind -------------------------
 
 
-def _files_under(folder):
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
-
-
 def test_a_suite_file_that_is_not_utf8_is_one_line(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     suite = tmp_path / "latin1.toml"
