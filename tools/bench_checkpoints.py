@@ -1,8 +1,8 @@
 """What checkpoints cost a run: bytes written, and the share of run time they take.
 
-    python tools/bench_checkpoints.py [--model alexnet --size 224 --steps 4 --epochs 3 --repeats 3]
+    python tools/bench_checkpoints.py [--model alexnet --size 224 --steps 4 --epochs 5 --repeats 3]
 
-Runs galbench's own `train.run` on random images (SGD with momentum, as the paper trained AlexNet, so
+Runs galbench's own `train.run` on generated images (SGD with momentum, as the paper trained AlexNet, so
 `last.pt` holds weights and momentum) in three ways, interleaved round after round so that drifts of a
 shared machine hit all alike:
 
@@ -15,8 +15,9 @@ Two figures of the checkpoint share of run time: (median wall with - median wall
 which includes what a background write takes from training (cores, memory bandwidth) but is as noisy as the
 machine; and the seconds the training thread itself spends on checkpoints (writing them where that is
 synchronous, copying state and waiting for the previous write where it is not) over the run's wall time,
-which shifts less with load. The script uses whatever galbench is importable, so the same script measures an older version (`git archive` it into a
-folder and put that first on PYTHONPATH). It writes a JSON file with every wall time.
+which shifts less with load. The script uses whatever galbench is importable, so the same script measures an
+older version (`git archive` it into a folder and put that first on PYTHONPATH). It writes a JSON file with
+every wall time.
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ def _checkpoints(mode: str, counter: dict):
 
     # everything a checkpoint makes the training thread do, in the version of galbench that is running
     targets = [(train, "save_checkpoint"), (train.Trainer, "save_last")]
-    targets += [(owner, name) for owner, name in ((train, "cpu_copy"), (getattr(train, "CheckpointWriter", None), "wait"))
-                if owner is not None and hasattr(owner, name)]
+    optional = ((train, "cpu_copy"), (getattr(train, "CheckpointWriter", None), "wait"))
+    targets += [(owner, name) for owner, name in optional if owner is not None and hasattr(owner, name)]
     originals = [(owner, name, getattr(owner, name)) for owner, name in targets]
     counter.update(blocked_seconds=0.0, depth=0)
     torch.save = keeping_save if mode == "without" else counting_save
@@ -157,7 +158,8 @@ def main(argv=None) -> int:
     one_run("without", args, splits)  # warm-up: first-touch allocations, FLOP counting's tracing
     for repeat in range(args.repeats):
         for mode in modes:
-            figures = one_run("with" if mode == "every" else mode, args, splits, args.every if mode == "every" else None)
+            every = args.every if mode == "every" else None
+            figures = one_run("with" if mode == "every" else mode, args, splits, every)
             walls[mode].append(figures["wall_seconds"])
             blocked[mode].append(figures["blocked_share"])
             written[mode] = {"bytes": figures["bytes"], "files": figures["files"]}

@@ -2,10 +2,10 @@
 
 The loop is plain to see: `train_one_epoch`, `evaluate`, `run`. Each run writes an append-only JSON-lines
 event log (run_start, eval, threshold_reached, run_stop) and checkpoints `last.pt` at every epoch's end
-(or every `train.checkpoint_every` epochs or seconds); the last epoch's weights go to `final.pt`. A rerun skips a finished run and resumes an
-interrupted one from `last.pt`, first cutting the log back to what that checkpoint had seen, so at most
-the epochs since the last checkpoint are lost and, on the CPU, the resumed run's results equal an
-uninterrupted run's.
+(or every `train.checkpoint_every` epochs or seconds); the last epoch's weights go to `final.pt`. A rerun
+skips a finished run and resumes an interrupted one from `last.pt`, first cutting the log back to what
+that checkpoint had seen, so at most the epochs since the last checkpoint are lost and, on the CPU, the
+resumed run's results equal an uninterrupted run's.
 
 Checkpoints cost almost no training time: at an epoch's end the state is copied to the CPU and written by
 a background thread while the next epoch trains. The best validation state is kept in memory (on the
