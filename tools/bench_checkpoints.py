@@ -54,7 +54,7 @@ def _checkpoints(mode: str, counter: dict):
         counter["files"] += 1
 
     def keeping_save(obj, f, *args, **kwargs):
-        tmp = Path(getattr(f, "name", f))  # atomic_path's temporary name: .NAME.RANDOM.tmp beside NAME
+        tmp = Path(f if isinstance(f, str | os.PathLike) else f.name)  # atomic_path's .NAME.RANDOM.tmp
         kept[str(tmp.parent / tmp.name[1:].rsplit(".", 2)[0])] = obj
 
     def timed(function):
@@ -117,7 +117,7 @@ def one_run(mode: str, args, splits, every: int | None = None) -> dict:
     from galbench.experiment.train import run as train_run
 
     keys = {"checkpoint_every": every} if every else {}
-    cfg = TrainSection(optimizer="sgd", lr=0.001, momentum=0.9, batch_size=args.batch, epochs=args.epochs,
+    cfg = TrainSection(optimizer="sgd", lr=args.lr, momentum=0.9, batch_size=args.batch, epochs=args.epochs,
                        evals_per_epoch=args.evals_per_epoch, device="cpu", precision="fp32", **keys)
     spec = RunSpec(variant="bench", seed=0, model=args.model, classes=[f"c{k}" for k in range(args.classes)],
                    train=cfg, augment=AugmentSection(), image_size=args.size, crop=1.0, thresholds=[])
@@ -143,6 +143,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--evals-per-epoch", type=int, default=2)
     parser.add_argument("--classes", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01, as the paper's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--every", type=int, default=2, help="also measure train.checkpoint_every = EVERY epochs")
     parser.add_argument("--workdir", default=None, help="where checkpoints are written (default: the temp dir)")
