@@ -100,7 +100,8 @@ def workspace(tmp_path_factory, request):
            "petroR90_r": [10.0, 12.0, 8.0, 15.0, 9.0]}).write(folder / "my_galaxies.csv", format="ascii.csv")
     state = {"folder": folder, "run_dir": None}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GALBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "galbench-cache"))
+        # a cache of its own: the session's shared one is counted by other tests (one fractal pretraining)
+        patch.setenv("GALBENCH_CACHE", str(folder / "cache"))
         patch.setenv("GALBENCH_VIZIER_URL", base)
         patch.setenv("GALBENCH_SKYSERVER_URL", base + "/{release}")
         patch.chdir(folder)
@@ -147,12 +148,12 @@ def _run(argv: list[str], state: dict, request) -> None:
 
 
 @pytest.mark.parametrize("command", sorted(EXAMPLES, key=_order))
-def test_example_runs(command, workspace, request, monkeypatch, capsys, tmp_path_factory):
+def test_example_runs(command, workspace, request, monkeypatch, capsys):
     argv = shlex.split(command)[1:]
     if any(flag in argv for flag in SKIPPED):
         pytest.skip(next(reason for flag, reason in SKIPPED.items() if flag in argv))
     monkeypatch.chdir(workspace["folder"])
-    monkeypatch.setenv("GALBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "galbench-cache"))
+    monkeypatch.setenv("GALBENCH_CACHE", str(workspace["folder"] / "cache"))
     _run(argv, workspace, request)
     err = capsys.readouterr().err
     assert "Traceback" not in err and "error:" not in err

@@ -47,7 +47,7 @@ def runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gpu-suite")
     suite = _suite(folder)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GALBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "galbench-cache"))
+        patch.setenv("GALBENCH_CACHE", str(folder / "cache"))
         for name, device, precision in (("cpu", "cpu", "fp32"), ("cuda", "cuda", "bf16")):
             code = main(["-q", "run", str(suite), "--out", str(folder / name), "--no-report", "--device", device,
                          "--set", f"train.precision='{precision}'"])
