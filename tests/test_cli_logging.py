@@ -15,8 +15,8 @@ STAMP = re.compile(r"^\[(\d\d:\d\d:\d\d)\] (.*)$")
 
 @pytest.fixture
 def fast_interval(monkeypatch):
-    """Status lines every 0.3 s instead of every 30 s, so a test of seconds shows the rule."""
-    monkeypatch.setattr(console, "PLAIN_INTERVAL_SECONDS", 0.3)
+    """Status lines every 0.05 s instead of every 30 s, so a test of seconds shows the rule."""
+    monkeypatch.setattr(console, "PLAIN_INTERVAL_SECONDS", 0.05)
 
 
 def _stamped(err: str) -> list[tuple[datetime, str]]:
