@@ -11,21 +11,75 @@ from pathlib import Path
 from rich.markup import escape
 
 from galbench import __version__
-from galbench.console import err, out, progress_bar
+from galbench.console import always, err, out, progress_bar, set_quiet
 from galbench.errors import GalbenchError
+from galbench.fileio import user_os_error
 
 EXIT_BAD_INPUT = 2
 
 EPILOG = """\
 typical session:
-  galbench data synth sim.fits --n 2000 --size 64      simulate SDSS-like galaxies (offline)
+  galbench data synth sim.fits --n 500 --seed 7 --classes elliptical,lenticular,spiral,edge-on,irregular
+                                                        simulate SDSS-like galaxies (offline), the quickstart's classes
   galbench data info sim.fits                           what is in a catalog file
   galbench data montage sim.fits sim.png                look at examples of every class
-  galbench run suites/quickstart.toml                   train scratch vs pretrained arms over seeds
+  galbench run quickstart                               train scratch vs pretrained arms over seeds
   galbench report reports/quickstart/<run-id>           tables, plots and significance tests
   galbench classify sim.fits --run reports/quickstart/<run-id>   classify a catalog with the winner
 
-Every command takes --help. Bad input gets one line on stderr and exit code 2."""
+Every command takes --help. Progress and messages go to stderr (plain lines when it is not a terminal),
+results to stdout. Bad input gets one line on stderr and exit code 2. Caches (simulated catalogs,
+pretrainings, cutouts) live in $GALBENCH_CACHE, by default ~/.cache/galbench."""
+
+
+def _at_least(low: int):
+    """An argparse type: an integer >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (what, and where the help is) and exit code 2, like any other
+    bad input."""
+
+    def error(self, message: str):
+        always(f"[bold red]error:[/] {escape(self.prog)}: {escape(message)} (see {escape(self.prog)} --help)")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+class _Usage(Exception):
+    """A command group given without its sub-command: its help goes to stderr and the exit code is 2."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        super().__init__(parser.prog)
+        self.parser = parser
+
+
+def _usage(parser: argparse.ArgumentParser):
+    def handler(args) -> None:
+        raise _Usage(parser)
+
+    return handler
 
 
 def _cmd_data_synth(args) -> None:
@@ -42,10 +96,15 @@ def _cmd_data_synth(args) -> None:
 
 
 def _cmd_data_info(args) -> None:
-    from galbench.analysis.report import catalog_info_table
-    from galbench.data.catalog import read_catalog
+    from galbench.data.catalog import catalog_summary, read_catalog
 
-    out.print(catalog_info_table(read_catalog(args.file, require_images=False)))
+    catalog = read_catalog(args.file, require_images=False)
+    if args.json:
+        sys.stdout.write(json.dumps(catalog_summary(catalog), indent=2) + "\n")
+        return
+    from galbench.analysis.report import catalog_info_table
+
+    out.print(catalog_info_table(catalog))
 
 
 def _cmd_data_montage(args) -> None:
@@ -63,25 +122,26 @@ def _cmd_data_import(args) -> None:
 
     source = Path(args.source)
     crop = _parse_crop(args.crop)
+    labels_csv = Path(args.labels) if args.labels else source / "labels.csv"
     if source.suffix.lower() in (".h5", ".hdf5"):
         catalog, report = importers.import_galaxy10(source, crop=crop, size=args.size)
     elif not source.is_dir():
         raise GalbenchError("not a folder or an HDF5 file", where=str(source))
-    elif args.map:
-        class_map = importers.parse_class_map(args.map)
-        total = _count_csv_rows(Path(args.labels) if args.labels else source / "labels.csv")
+    elif args.map or args.labels or labels_csv.exists():
+        class_map = importers.parse_class_map(args.map) if args.map else None
+        total = len(importers.read_labels_csv(labels_csv, ()))
         with progress_bar("decoding images", total, unit="images") as advance:
             catalog, report = importers.import_folder_csv(
-                source, args.labels, args.class_column, class_map, id_column=args.id_column, crop=crop,
-                size=args.size, strict=args.strict, progress=advance, workers=args.workers)
+                source, labels_csv, args.class_column, class_map, id_column=args.id_column, crop=crop,
+                size=args.size, strict=args.strict, progress=advance, workers=args.workers, dedupe=args.dedupe)
     else:
         catalog, report = importers.import_class_folders(source, crop=crop, size=args.size, strict=args.strict,
-                                                         workers=args.workers)
+                                                         workers=args.workers, dedupe=args.dedupe)
     write_catalog(args.out, catalog)
     err.print(f"wrote {report.kept} galaxies to {args.out}; dropped {report.unmapped} rows with unmapped "
-              f"labels and {len(report.bad_images)} bad images")
+              f"labels, {report.duplicates} repeated objids and {len(report.bad_images)} bad images")
     for name, reason in report.bad_images[:20]:
-        err.print(f"  [yellow]skipped[/] {name}: {reason}")
+        err.print(f"  [yellow]skipped[/] {escape(name)}: {escape(reason)}")
 
 
 def _cmd_run(args) -> None:
@@ -229,7 +289,7 @@ def _print_checkpoint_cost(path: Path) -> None:
 
     meta = load_checkpoint(path)["meta"]
     cost = meta["pretrain_cost"]
-    out.print(f"wrote {path}: pretraining val accuracy {meta['pretrain_val_accuracy']:.3f}; cost "
+    err.print(f"wrote {path}: pretraining val accuracy {meta['pretrain_val_accuracy']:.3f}; cost "
               f"{cost['samples']:,} samples, {cost['train_flops'] / 1e12:.2f} TFLOPs, "
               f"{cost['device_seconds']:.1f} device-s, {cost['wall_seconds']:.1f} s wall "
               f"(+{cost['generation_seconds']:.1f} s generating data)")
@@ -255,12 +315,12 @@ def _cmd_export(args) -> None:
     meta = export_onnx(args.checkpoint, args.out, data.sample, fp16=args.fp16, val_images=data.val_images,
                        val_labels=data.val_labels, calibrate=not args.no_calibrate, tta=args.tta, int8=args.int8,
                        int8_images=data.train_images, stretch=args.stretch, catalog_pixscale=data.pixscale)
-    out.print(f"wrote {args.out} ({meta['precision']}, {args.tta} view(s), + {Path(args.out).with_suffix('.pt').name});"
+    err.print(f"wrote {args.out} ({meta['precision']}, {args.tta} view(s), + {Path(args.out).with_suffix('.pt').name});"
               f" parity on {meta['parity_images']} images: max |logit difference| "
               f"{meta['parity_max_abs_logit_difference']}, argmax agreement {meta['parity_argmax_agreement']}")
     if "calibration" in meta:
         calibration = json.loads(meta["calibration"])
-        out.print(f"calibrated on {sum(calibration['reliability_before']['count'])} validation images: temperature "
+        err.print(f"calibrated on {sum(calibration['reliability_before']['count'])} validation images: temperature "
                   f"{calibration['temperature']:.3f}, ECE {calibration['ece_before']:.4f} -> "
                   f"{calibration['ece_after']:.4f}")
     elif not args.no_calibrate:
@@ -268,7 +328,7 @@ def _cmd_export(args) -> None:
                   "(pass --run RUN_DIR, or --data with a labelled catalog)")
     if "quantization" in meta:
         gate = json.loads(meta["quantization"])
-        out.print(f"int8 on {gate['val_images']} validation images: accuracy {gate['val_accuracy_int8']:.4f} "
+        err.print(f"int8 on {gate['val_images']} validation images: accuracy {gate['val_accuracy_int8']:.4f} "
                   f"(fp32 {gate['val_accuracy_fp32']:.4f}), argmax agreement {gate['argmax_agreement']:.4f}")
 
 
@@ -286,9 +346,11 @@ def _cmd_classify(args) -> None:
                          batch_size=args.batch_size, resume=args.resume, skip_bad=args.skip_bad,
                          copy_images=args.copy_images, progress=advance, executor=args.executor,
                          address=args.address, fetch=fetch, embeddings=args.embeddings)
-    counts = {str(name): int((table["pred_class"] == name).sum()) for name in dict.fromkeys(table["pred_class"])}
+    counts = ", ".join(f"{name} {int((table['pred_class'] == name).sum()):,}"
+                       for name in dict.fromkeys(table["pred_class"]))
     err.print(f"wrote {output}: {len(table):,} galaxies with {table.meta['BACKEND']} "
-              f"({table.meta['PROVIDRS']}) at {table.meta['GAL_PER_S']:,.0f} galaxies/s; predicted {counts}")
+              f"({table.meta['PROVIDRS']}) at {table.meta['GAL_PER_S']:,.0f} galaxies/s; predicted {counts}",
+              highlight=False)
 
 
 def _cmd_data_sdss(args) -> None:
@@ -323,13 +385,6 @@ def _cmd_data_sdss(args) -> None:
               f"failed {len(report.failed)}" + (f" (listed in {failed_path})" if len(failed) else ""))
 
 
-def _count_csv_rows(path: Path) -> int:
-    if not path.exists():
-        raise GalbenchError("labels CSV not found", where=str(path), fix="pass --labels CSV")
-    with open(path) as handle:
-        return max(sum(1 for _ in handle) - 1, 0)
-
-
 def _parse_crop(text: str | None):
     if text is None:
         return None
@@ -345,23 +400,25 @@ def _parse_crop(text: str | None):
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (every sub-command with its help)."""
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="galbench", formatter_class=formatter, epilog=EPILOG,
         description="Benchmark galaxy-morphology classifiers: does pretraining pay off, in accuracy and compute?")
-    parser.add_argument("--version", action="version", version=f"galbench {__version__}")
-    parser.set_defaults(handler=lambda args: parser.print_help())
+    parser.add_argument("-V", "--version", action="version", version=f"galbench {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress or messages on stderr, only errors (results still go to stdout)")
+    parser.set_defaults(handler=_usage(parser))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     data = commands.add_parser("data", help="make, import and inspect galaxy-catalog FITS files",
                                description="Galaxy-catalog FITS files: simulate, import, inspect.")
-    data.set_defaults(handler=lambda args: data.print_help())
+    data.set_defaults(handler=_usage(data))
     data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
 
     synth = data_commands.add_parser(
         "synth", help="simulate SDSS-like galaxies with GalSim", formatter_class=formatter,
         description="Simulate SDSS-like galaxy cutouts (GalSim profiles, seeing, sky noise, Lupton colour).\n"
                     "The same arguments give a byte-identical file.",
-        epilog="example:\n  galbench data synth sim.fits --n 2000 --size 64 --classes elliptical,spiral:2,edge-on")
+        epilog="example:\n  galbench data synth mixed.fits --n 2000 --size 64 --classes elliptical,spiral:2,edge-on")
     synth.add_argument("out", type=Path, help="output catalog FITS file")
     synth.add_argument("--n", type=int, default=2000, help="number of galaxies (default 2000)")
     synth.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
@@ -371,25 +428,31 @@ def build_parser() -> argparse.ArgumentParser:
                             "spiral, edge-on, irregular (default elliptical,spiral,edge-on, equal mix)")
     synth.add_argument("--star-probability", type=float, default=0.3,
                        help="chance that neighbouring stars share the cutout (default 0.3)")
-    synth.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    synth.add_argument("--workers", type=_at_least(1), default=None, help="worker processes (default: all cores)")
     synth.set_defaults(handler=_cmd_data_synth)
 
-    info = data_commands.add_parser("info", help="HDUs, class counts, image shape and bands of a catalog file")
+    info = data_commands.add_parser("info", help="HDUs, class counts, image shape and bands of a catalog file",
+                                    formatter_class=formatter,
+                                    epilog="examples:\n  galbench data info sim.fits\n  galbench data info sim.fits --json")
     info.add_argument("file", type=Path)
+    info.add_argument("--json", action="store_true", help="print the facts as JSON on stdout")
     info.set_defaults(handler=_cmd_data_info)
 
-    montage = data_commands.add_parser("montage", help="a PNG grid of example images per class")
+    montage = data_commands.add_parser("montage", help="a PNG grid of example images per class",
+                                       formatter_class=formatter,
+                                       epilog="example:\n  galbench data montage sim.fits sim.png --per-class 4")
     montage.add_argument("file", type=Path)
     montage.add_argument("out", type=Path, help="output PNG")
-    montage.add_argument("--per-class", type=int, default=8, help="images per class (default 8)")
+    montage.add_argument("--per-class", type=_at_least(1), default=8, help="images per class (default 8)")
     montage.add_argument("--seed", type=int, default=0, help="which examples to pick (default 0)")
     montage.set_defaults(handler=_cmd_data_montage)
 
     imp = data_commands.add_parser(
         "import", help="import real images into a catalog FITS file", formatter_class=formatter,
         description="Import images: a folder with a labels CSV (objid + class column; images in FOLDER or "
-                    "FOLDER/images named <objid>.jpeg/.png/.fits), a folder with one sub-folder per class, or a "
-                    "Galaxy10 HDF5 file.",
+                    "FOLDER/images named <objid>.jpeg/.png/.fits; without --map every value of the class column "
+                    "is a class), a folder with one sub-folder per class (when there is no labels CSV), or a "
+                    "Galaxy10 HDF5 file. 16-bit and float images are scaled from their own range to 8 bits.",
         epilog="example (the Galaxy Zoo 1 sample, 3 classes, 64 px from the central half):\n"
                "  galbench data import ../shared/data/gz1-sdss gz1.fits --class-column gz1_class \\\n"
                "      --map elliptical=0 --map spiral=1,2 --map edge-on=3 --crop 0.5 --size 64")
@@ -402,9 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="class NAME from source labels SRC; repeat per class, in label order; rows with "
                           "unmapped labels are dropped and counted")
     imp.add_argument("--crop", help="centre crop: fraction of the side (0.5) or pixels (212)")
-    imp.add_argument("--size", type=int, help="resize to SIZE x SIZE pixels after cropping")
+    imp.add_argument("--size", type=_at_least(1), help="resize to SIZE x SIZE pixels after cropping")
     imp.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
-    imp.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
+    imp.add_argument("--dedupe", choices=["first"],
+                     help="keep the first row of each repeated objid (default: a repeated objid is an error)")
+    imp.add_argument("--workers", type=_at_least(1), default=None, help="decoding threads (default: all cores)")
     imp.set_defaults(handler=_cmd_data_import)
 
     sdss = data_commands.add_parser(
@@ -422,15 +487,15 @@ def build_parser() -> argparse.ArgumentParser:
     sdss.add_argument("--catalog", default="nair-abraham-2010", help="nair-abraham-2010, or a table file")
     sdss.add_argument("--scheme", default="3way", help="class scheme from T-type: 3way or 4way (default 3way)")
     sdss.add_argument("--release", default="dr17", help="SDSS data release (default dr17)")
-    sdss.add_argument("--width", type=int, default=224, help="cutout width in pixels (default 224)")
-    sdss.add_argument("--height", type=int, default=224, help="cutout height in pixels (default 224)")
-    sdss.add_argument("--scale", type=float, default=0.4, help="fixed arcsec/pixel (default 0.4)")
+    sdss.add_argument("--width", type=_at_least(1), default=224, help="cutout width in pixels (default 224)")
+    sdss.add_argument("--height", type=_at_least(1), default=224, help="cutout height in pixels (default 224)")
+    sdss.add_argument("--scale", type=_positive_float, default=0.4, help="fixed arcsec/pixel (default 0.4)")
     sdss.add_argument("--scale-column", help="scale per galaxy from this size column (e.g. petroR90_r) ...")
-    sdss.add_argument("--scale-factor", type=float, default=0.024, help="... times this factor (default 0.024)")
-    sdss.add_argument("--workers", type=int, default=4, help="parallel requests (default 4: be polite)")
-    sdss.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
-    sdss.add_argument("--retries", type=int, default=3, help="retries on timeouts and 5xx (default 3)")
-    sdss.add_argument("--limit", type=int, help="only the first N rows")
+    sdss.add_argument("--scale-factor", type=_positive_float, default=0.024, help="... times this factor (default 0.024)")
+    sdss.add_argument("--workers", type=_at_least(1), default=4, help="parallel requests (default 4: be polite)")
+    sdss.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds per request (default 30)")
+    sdss.add_argument("--retries", type=_at_least(0), default=3, help="retries on timeouts and 5xx (default 3)")
+    sdss.add_argument("--limit", type=_at_least(1), help="only the first N rows")
     sdss.add_argument("--vizier-url", help="VizieR base URL (or $GALBENCH_VIZIER_URL)")
     sdss.add_argument("--skyserver-url", help="SkyServer base URL, {release} filled in (or $GALBENCH_SKYSERVER_URL)")
     sdss.set_defaults(handler=_cmd_data_sdss)
@@ -442,9 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "FLOPs, device-seconds and energy spent, and when each accuracy threshold was first reached.\n"
                     "Results go to reports/<suite>/<hash>/ (or --out). Rerunning the same command skips finished\n"
                     "runs and resumes an interrupted one from its last epoch.",
-        epilog="examples:\n  galbench run suites/quickstart.toml\n"
-               "  galbench run suites/quickstart.toml --seeds 5 --set train.epochs=3 --set variant.scratch.train.lr=0.02")
-    run.add_argument("suite", type=Path, help="suite TOML file")
+        epilog="examples:\n  galbench run quickstart\n"
+               "  galbench run suites/quickstart.toml --seeds 5 --set train.epochs=3 --set variant.scratch.train.lr=0.02\n"
+               "  galbench run quickstart --set train.checkpoint_every='600s'   checkpoint every 10 minutes\n"
+               "A second command on the same run directory stops at once with the first one's PID.\n"
+               "Results are deterministic on one machine (the same numbers again), not across processors.")
+    run.add_argument("suite", help="suite TOML file, or a suite shipped with galbench by name (quickstart)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a suite value (TOML syntax), e.g. train.epochs=3; repeatable")
     run.add_argument("--seeds", help="seed count (5) or list ([0,3,7]), overriding suite.seeds")
@@ -473,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain = commands.add_parser(
         "pretrain", help="make pretrained checkpoints offline (fractals, other catalogs, self-supervised)",
         description="Pretrain a model offline and write a galbench checkpoint that records what it cost.")
-    pretrain.set_defaults(handler=lambda args: pretrain.print_help())
+    pretrain.set_defaults(handler=_usage(pretrain))
     pretrain_commands = pretrain.add_subparsers(dest="pretrain_command", metavar="SOURCE")
     fractal = pretrain_commands.add_parser(
         "fractal", help="FractalDB-style formula-driven images (Kataoka et al. 2020)", formatter_class=formatter,
@@ -486,8 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  galbench pretrain fractal fdb1k.pt --preset fractaldb-1k --size 64 --device cuda")
     fractal.add_argument("out", type=Path, help="output checkpoint (.pt)")
     fractal.add_argument("--preset", choices=["cpu", "fractaldb-1k"], default="cpu", help="default cpu")
-    fractal.add_argument("--classes", type=int, help="number of fractal classes (preset: 32 or 1000)")
-    fractal.add_argument("--per-class", type=int, help="images per class (preset: 64 or 1000)")
+    fractal.add_argument("--classes", type=_at_least(2), help="number of fractal classes (preset: 32 or 1000)")
+    fractal.add_argument("--per-class", type=_at_least(1), help="images per class (preset: 64 or 1000)")
     fractal.add_argument("--recipe", choices=["galbench", "fractaldb"], help="how categories and instances are made")
     fractal.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     fractal.add_argument("--seed", type=int, default=0)
@@ -497,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  galbench pretrain catalog sim-pretrained.pt --data sim.fits --model alexnet-small")
     catalog_pre.add_argument("out", type=Path, help="output checkpoint (.pt)")
     catalog_pre.add_argument("--data", type=Path, required=True, help="catalog FITS file to pretrain on")
-    catalog_pre.add_argument("--size", type=int, help="image size (default: the catalog's)")
+    catalog_pre.add_argument("--size", type=_at_least(32), help="image size (default: the catalog's)")
     catalog_pre.add_argument("--seed", type=int, default=0)
     ssl = pretrain_commands.add_parser(
         "ssl", help="self-supervised pretraining (SimCLR, BYOL) on any catalog's images, labels unused",
@@ -523,9 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     for sub, handler in ((fractal, _cmd_pretrain_fractal), (catalog_pre, _cmd_pretrain_catalog),
                          (ssl, _cmd_pretrain_ssl)):
         sub.add_argument("--model", default="alexnet-small", help="registered model (default alexnet-small)")
-        sub.add_argument("--epochs", type=int, default=8, help="epochs (default 8)")
-        sub.add_argument("--lr", type=float, default=0.001, help="AdamW learning rate (default 0.001)")
-        sub.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+        sub.add_argument("--epochs", type=_at_least(1), default=8, help="epochs (default 8)")
+        sub.add_argument("--lr", type=_positive_float, default=0.001, help="AdamW learning rate (default 0.001)")
+        sub.add_argument("--batch-size", type=_at_least(1), default=128, help="batch size (default 128)")
         sub.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         sub.set_defaults(handler=handler)
     fractal.set_defaults(epochs=None, batch_size=None)  # from the preset unless given
@@ -608,19 +676,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_quiet_everywhere(parser: argparse.ArgumentParser) -> None:
+    """-q/--quiet after any sub-command too (`galbench run quickstart -q`), not only before it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                if "--quiet" not in sub._option_string_actions:
+                    sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                                     help="no progress or messages on stderr, only errors")
+                _add_quiet_everywhere(sub)
+
+
+def _after_interrupt(args) -> str:
+    """What to do after Ctrl-C, by command: what a rerun picks up."""
+    if args.command in ("run", "pretrain"):
+        return "run the same command again to resume"
+    if args.command == "classify":
+        return "run the same command " + ("again" if args.resume else "with --resume") + " to continue"
+    if args.command == "data" and args.data_command == "sdss":
+        return "the cutouts fetched so far are cached; run the same command again to fetch the rest"
+    return "nothing half-written was left"
+
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `galbench` console script; returns the exit code."""
     parser = build_parser()
+    _add_quiet_everywhere(parser)
     args = parser.parse_args(argv)
+    set_quiet(args.quiet)
     try:
         args.handler(args)
+    except _Usage as usage:
+        usage.parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
     except GalbenchError as exc:
-        # escaped: a message may hold square brackets (pip install 'galbench[ssl]') that are not markup
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        always(f"[bold red]error:[/] {escape(str(exc))}")
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        # a full disk, a read-only file system, no permission: the user's to fix, not a bug
+        user_error = user_os_error(exc, exc.filename or getattr(args, "out", None))
+        if user_error is None:
+            raise
+        always(f"[bold red]error:[/] {escape(str(user_error))}")
+        return EXIT_BAD_INPUT
+    except MemoryError as exc:
+        always(f"[bold red]error:[/] out of memory ({escape(str(exc))}); use smaller data or a smaller "
+               "data.memory_budget_mb")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]; run the same command again to resume")
+        always(f"[yellow]interrupted[/]; {_after_interrupt(args)}")
         return 130
+    finally:
+        set_quiet(False)
     return 0
 
 

@@ -132,3 +132,108 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+# --- suite files, catalogs and runs: one line, exit 2, no folder or file left behind -------------------------
+
+
+def test_a_suite_file_that_is_not_utf8_is_one_line(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    suite = tmp_path / "latin1.toml"
+    suite.write_bytes('[suite]\nname = "caf\xe9"\n'.encode("latin-1"))
+    _assert_one_line_error(cli("run", suite), str(suite), "not UTF-8 text (byte 0xe9", "save the suite file as UTF-8")
+    assert not (tmp_path / "reports").exists()
+
+
+def test_a_folder_given_as_the_suite_is_one_line(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _assert_one_line_error(cli("run", tmp_path), str(tmp_path), "is a folder, not a suite file")
+    assert not (tmp_path / "reports").exists()
+
+
+def test_an_unknown_model_is_caught_before_a_run_directory_exists(cli, tmp_path, monkeypatch):
+    from tests.conftest import write_suite
+
+    monkeypatch.chdir(tmp_path)
+    suite = write_suite(tmp_path)
+    suite.write_text(suite.read_text().replace('model = "alexnet-tiny"', 'model = "alexnet-tinny"'))
+    _assert_one_line_error(cli("run", suite), "'variant.scratch.model': unknown model 'alexnet-tinny'",
+                           "did you mean 'alexnet-tiny'?", "timm:NAME")
+    assert not (tmp_path / "reports").exists()
+    # any timm:NAME passes validation (whether timm has it is checked when the model is built)
+    from galbench.experiment.suite import load_suite
+
+    suite.write_text(suite.read_text().replace('model = "alexnet-tinny"', 'model = "timm:resnet18"'))
+    assert load_suite(suite)[0].variant[0].model == "timm:resnet18"
+
+
+def test_a_failed_run_leaves_no_empty_folders(cli, tmp_path, monkeypatch):
+    from tests.conftest import write_suite
+
+    monkeypatch.chdir(tmp_path)
+    suite = write_suite(tmp_path, data='catalog = "missing.fits"\ncreate_with = "galbench data synth missing.fits"')
+    _assert_one_line_error(cli("run", suite), "catalog file not found; create it with: galbench data synth")
+    assert not (tmp_path / "reports").exists()
+    out = tmp_path / "deep" / "er" / "run"
+    _assert_one_line_error(cli("run", suite, "--out", out), "catalog file not found")
+    assert not (tmp_path / "deep").exists()
+
+
+@pytest.mark.parametrize("command", ["info", "montage"])
+def test_a_catalog_with_no_rows_is_one_line(cli, tmp_path, command):
+    path = _write_raw(tmp_path / "empty.fits", images=np.zeros((0, 3, 8, 8), np.uint8),
+                      table=make_catalog().table[:0])
+    args = ("data", command, path) + ((tmp_path / "out.png",) if command == "montage" else ())
+    _assert_one_line_error(cli(*args), str(path), "[CATALOG]", "the catalog has no rows")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_declinations_outside_the_sky_are_refused(cli, tmp_path):
+    table = make_catalog().table
+    table["dec"][4] = 123.5
+    path = _write_raw(tmp_path / "dec.fits", images=GOOD_IMAGES, table=table)
+    _assert_one_line_error(cli("data", "info", path), "[CATALOG]", "'dec' has 1 values outside [-90, 90]",
+                           "123.5 at row 4, objid 104")
+
+
+def test_a_gzipped_catalog_says_how_to_decompress_it(cli, small_catalog_file, tmp_path):
+    import gzip
+
+    packed = tmp_path / "packed" / "small.fits.gz"
+    packed.parent.mkdir()
+    packed.write_bytes(gzip.compress(small_catalog_file.read_bytes()))
+    _assert_one_line_error(cli("data", "info", packed), str(packed), "gzip-compressed", f"gunzip -k {packed}")
+    # and what it says works
+    import subprocess
+
+    subprocess.run(["gunzip", "-k", str(packed)], check=True)
+    assert cli("data", "info", packed.with_suffix(""))[0] == 0
+
+
+def test_classify_interrupted_says_resume(cli, small_catalog_file, tmp_path, monkeypatch):
+    import galbench.inference.classify as classify_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(classify_module, "classify", interrupted)
+    code, _, err = cli("classify", small_catalog_file, "--model", tmp_path / "model.onnx", "--out", tmp_path / "out.fits")
+    assert code == 130 and "interrupted" in err and "with --resume" in err
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["data", "montage", "{catalog}", "{tmp}/m.png", "--per-class", "0"], "--per-class: must be at least 1, got 0"),
+    (["pretrain", "fractal", "{tmp}/f.pt", "--epochs", "0"], "--epochs: must be at least 1, got 0"),
+    (["data", "synth", "{tmp}/s.fits", "--workers", "two"], "--workers: 'two' is not a whole number"),
+    (["run", "quickstart", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_arguments_are_one_line(capsys, small_catalog_file, tmp_path, argv, fragment):
+    from galbench.cli import main
+
+    argv = [part.format(catalog=small_catalog_file, tmp=tmp_path) for part in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0] and lines[0].startswith("error: galbench"), lines
+    assert list(tmp_path.iterdir()) == [small_catalog_file]

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from galbench.data.catalog import read_catalog
 
@@ -82,3 +83,74 @@ def test_bad_map_is_rejected(cli, gz1_small, tmp_path):
     assert code == 2 and "NAME=LABEL" in err
     code, _, err = cli("data", "import", gz1_small, tmp_path / "x.fits", "--class-column", "nope", "--map", "a=0")
     assert code == 2 and "missing column 'nope'" in err
+
+
+def _labelled_folder(root, rows, header="objid,label", bom=False):
+    """A folder of random 16x16 PNGs named by objid, with a labels CSV of `rows` (objid, label)."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    for objid, _ in rows:
+        path = root / "images" / f"{objid}.png"
+        if not path.exists():
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+    text = "\n".join([header] + [f"{objid},{label}" for objid, label in rows]) + "\n"
+    (root / "labels.csv").write_bytes(("\ufeff" if bom else "").encode() + text.encode())
+    return root
+
+
+def test_repeated_objids_are_one_line_or_kept_once_with_dedupe(cli, tmp_path):
+    rows = [(101, 0), (102, 1), (101, 1), (103, 0), (103, 0), (104, 1)]
+    source = _labelled_folder(tmp_path / "dups", rows)
+    out = tmp_path / "dups.fits"
+    code, _, err = cli("-q", "data", "import", source, out, "--map", "a=0", "--map", "b=1")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert "2 objids appear more than once, 1 of them with conflicting labels (101)" in lines[0]
+    assert "--dedupe first" in lines[0] and not out.exists()
+    code, _, err = cli("data", "import", source, out, "--map", "a=0", "--map", "b=1", "--dedupe", "first")
+    assert code == 0 and "2 repeated objids" in err
+    catalog = read_catalog(out)
+    assert list(catalog.table["objid"]) == [101, 102, 103, 104] and list(catalog.labels) == [0, 1, 0, 1]
+
+
+def test_repeated_objids_across_class_folders_are_refused(cli, tmp_path):
+    for name in ("disc", "round"):
+        (tmp_path / "folders" / name).mkdir(parents=True)
+        Image.new("RGB", (16, 16)).save(tmp_path / "folders" / name / "555.png")
+    code, _, err = cli("data", "import", tmp_path / "folders", tmp_path / "x.fits")
+    assert code == 2 and "1 objids appear more than once, 1 of them with conflicting labels (555)" in err
+
+
+def test_16_bit_greyscale_png_is_scaled_by_its_own_range(tmp_path):
+    from galbench.data.importers import load_image
+
+    # a 16-bit image whose values span 1000..40000: PIL's own conversion clips most pixels at 255
+    values = np.linspace(1000, 40000, 64 * 64).reshape(64, 64).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode.startswith("I")
+    image = load_image(path)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    expected = np.round((values - 1000.0) / 39000.0 * 255).astype(np.uint8)  # hand computation
+    np.testing.assert_array_equal(image[..., 0], expected)
+    assert (image == 255).mean() < 0.01 and image.min() == 0
+
+
+def test_labels_csv_with_a_byte_order_mark(cli, tmp_path):
+    source = _labelled_folder(tmp_path / "bom", [(1, "x"), (2, "y"), (3, "x")], bom=True)
+    out = tmp_path / "bom.fits"
+    code, _, err = cli("data", "import", source, out, "--map", "ex=x", "--map", "why=y")
+    assert code == 0, err
+    assert list(read_catalog(out).labels) == [0, 1, 0]
+
+
+def test_labels_without_map_make_one_class_per_value(cli, tmp_path):
+    source = _labelled_folder(tmp_path / "plain", [(1, 10), (2, 2), (3, 10), (4, 0)])
+    elsewhere = tmp_path / "mine.csv"
+    (source / "labels.csv").rename(elsewhere)
+    out = tmp_path / "plain.fits"
+    code, _, err = cli("data", "import", source, out, "--labels", elsewhere)
+    assert code == 0, err
+    catalog = read_catalog(out)
+    assert catalog.classes == ["0", "2", "10"]  # numeric order
+    assert list(catalog.labels) == [2, 1, 2, 0]

@@ -46,7 +46,7 @@ def test_pretrain_fractal_checkpoint_carries_source_and_cost(cli, tmp_path):
     assert not (tmp_path / "fractal.pt.work").exists()  # the work folder goes once the checkpoint is written
     assert cost["train_flops"] > 0 and cost["train_flops"] % cost["samples"] == 0
     assert cost["device_seconds"] > 0 and cost["generation_seconds"] > 0 and cost["energy_joules"] is None
-    assert "wrote" in stdout and "TFLOPs" in stdout
+    assert "wrote" in err and "TFLOPs" in err  # "wrote ..." goes to stderr, as for every command
 
 
 def test_suite_pretrains_once_reuses_the_cache_and_spreads_the_cost(cli, tmp_path):

@@ -96,3 +96,59 @@ def test_a_suite_keeps_its_run_directory_across_the_upgrade_from_0_2(tmp_path):
                ("suite.threshold_metric='balanced_accuracy'", "data.split.per_seed=true", "train.sampler='balanced'",
                 "variant.fractal.fractal.replicates=2", "suite.train_sizes=[10]")}
     assert len(changed) == 5 and "9e6992912de5" not in changed
+# Runs galbench with the write of epoch 2's last.pt stopped half-way (a temporary file holding a fraction of
+# it), so that the test can kill the process while that background write is in flight.
+STALLED_WRITE = """
+import sys, time
+from pathlib import Path
+import galbench.experiment.train as train
+from galbench.cli import main
+from galbench.fileio import atomic_path
+
+real = train.save_checkpoint
+
+def stalled(checkpoint, path):
+    if path.name == "last.pt" and checkpoint["epoch"] == 2:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"PK\\x03\\x04 a fraction of a checkpoint")
+            Path(sys.argv[1]).touch()
+            time.sleep(600)
+    real(checkpoint, path)
+
+train.save_checkpoint = stalled
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigkill_during_a_background_checkpoint_write_then_rerun_matches(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    suite = write_suite(tmp_path, seeds=1, epochs=3)
+    whole, killed, marker = tmp_path / "whole", tmp_path / "killed", tmp_path / "writing"
+    subprocess.run(_galbench("run", suite, "--out", whole, "--no-report"), env=env, check=True, capture_output=True)
+    process = subprocess.Popen([sys.executable, "-c", STALLED_WRITE, str(marker), "run", str(suite), "--out",
+                                str(killed), "--no-report"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not marker.exists() and process.poll() is None:
+        time.sleep(0.05)
+    assert marker.exists(), "the write never started"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run_dir = killed / "runs" / "scratch__seed0"
+    assert list(run_dir.glob(".last.pt.*.tmp"))  # the kill cut a write short ...
+    from galbench.models.weights import load_checkpoint
+
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1  # ... and last.pt is still epoch 1's, whole
+
+    rerun = subprocess.run(_galbench("run", suite, "--out", killed, "--no-report"), env=env, capture_output=True,
+                           text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert not list(run_dir.glob(".*.tmp"))
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in events if e["event"] == "run_resume"] == [1]
+    a, b = (_evals(root / "runs" / "scratch__seed0") for root in (whole, killed))
+    assert [(e["epochs"], e["samples"], e["val_accuracy"], e["val_loss"]) for e in a] == \
+           [(e["epochs"], e["samples"], e["val_accuracy"], e["val_loss"]) for e in b]
+    results = [json.loads((root / "results.json").read_text())["runs"][0] for root in (whole, killed)]
+    assert results[0]["test_accuracy"] == results[1]["test_accuracy"]
+    assert results[0]["confusion"] == results[1]["confusion"]

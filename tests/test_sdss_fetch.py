@@ -214,3 +214,87 @@ def test_suite_ttype_bins_make_classes_from_a_ttype_column(tmp_path):
     suite, _ = load_suite(write_suite(tmp_path, data=data))
     classes, labels = map_classes(read_catalog(path), suite.data.classes, suite.data.ttype_bins)
     assert classes == ["early", "late"] and labels.tolist() == [0, 0, 1, 1, 1, 1, -1]
+
+
+class PoliteServer(BaseHTTPRequestHandler):
+    """Keeps connections alive (HTTP/1.1) and answers each cutout's first request with 429 and Retry-After."""
+
+    protocol_version = "HTTP/1.1"
+    asked: dict[str, list[float]] = {}
+    client_ports: set[int] = set()
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        type(self).client_ports.add(self.client_address[1])
+        times = type(self).asked.setdefault(self.path, [])
+        times.append(time.monotonic())
+        if len(times) == 1:
+            body, status, headers = b"slow down", 429, {"Retry-After": "1", "Content-Type": "text/plain"}
+        else:
+            body, status, headers = _jpeg(16, 16, 0), 200, {"Content-Type": "image/jpeg"}
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_429_waits_for_retry_after_and_connections_are_reused(tmp_path):
+    PoliteServer.asked, PoliteServer.client_ports = {}, set()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), PoliteServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        spec = sdss.CutoutSpec(width=16, height=16, base_url=f"http://127.0.0.1:{server.server_address[1]}/{{release}}")
+        ra, dec = np.array([150.0, 151.0, 152.0]), np.array([2.0, 2.5, 3.0])
+        # backoff 0 so that only Retry-After can make the client wait
+        paths, report = sdss.fetch_cutouts(ra, dec, np.full(3, 0.4), spec, workers=1, timeout=5, retries=2,
+                                           backoff=0.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert report.fetched == 3 and not report.failed and all(p is not None for p in paths)
+    for times in PoliteServer.asked.values():
+        assert len(times) == 2 and times[1] - times[0] >= 0.95  # waited as the server asked
+    assert len(PoliteServer.client_ports) == 1  # one kept-alive connection for all six requests
+
+
+def test_429_without_end_fails_after_the_retries():
+    class AlwaysBusy(PoliteServer):
+        def do_GET(self):  # noqa: N802
+            type(self).asked.setdefault(self.path, []).append(time.monotonic())
+            self.send_response(429)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    AlwaysBusy.asked = {}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), AlwaysBusy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        spec = sdss.CutoutSpec(width=16, height=16, base_url=f"http://127.0.0.1:{server.server_address[1]}/{{release}}")
+        _, report = sdss.fetch_cutouts(np.array([10.0]), np.array([1.0]), np.array([0.4]), spec, workers=1,
+                                       timeout=5, retries=2, backoff=0.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert report.failed == [(0, "HTTP 429 after 3 attempts")]
+    assert [len(t) for t in AlwaysBusy.asked.values()] == [3]
+
+
+def test_gzipped_local_tables_are_read(tmp_path):
+    import gzip
+
+    table = Table({"ra": [10.0, 20.0], "dec": [-5.0, 5.0], "objid": [1, 2]})
+    table.write(tmp_path / "coords.csv", format="ascii.csv")
+    (tmp_path / "coords.csv.gz").write_bytes(gzip.compress((tmp_path / "coords.csv").read_bytes()))
+    read = sdss.read_table(tmp_path / "coords.csv.gz")
+    assert list(read["ra"]) == [10.0, 20.0] and list(read["objid"]) == [1, 2]
+
+
+def test_coordinates_outside_the_sky_are_refused():
+    table = Table({"ra": [10.0, 20.0], "dec": [-5.0, 95.0]})
+    with pytest.raises(sdss.GalbenchError, match=r"1 rows have no usable coordinates \(first: row 1, ra 20, dec 95\)"):
+        sdss.normalise_catalog(table, "mine.csv")

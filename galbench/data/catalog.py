@@ -72,8 +72,10 @@ def validate(catalog: Catalog, path: Path | str = "<catalog>") -> None:
     table = catalog.table
     if "objid" not in table.colnames:
         raise _fail(path, "CATALOG", "missing column 'objid'", "every row needs an object id")
+    if len(table) == 0:
+        raise _fail(path, "CATALOG", "the catalog has no rows", "a catalog holds at least one galaxy")
     if not catalog.classes or any(not name or "," in name for name in catalog.classes):
-        raise _fail(path, "CATALOG", f"bad CLASSES header {catalog.classes!r}",
+        raise _fail(path, "CATALOG", f"bad CLASSES header '{','.join(catalog.classes)}'",
                     "CLASSES must be comma-separated, non-empty class names")
     for column in ("ra", "dec"):
         if column in table.colnames:
@@ -82,6 +84,13 @@ def validate(catalog: Catalog, path: Path | str = "<catalog>") -> None:
             if bad.size:
                 raise _fail(path, "CATALOG", f"column '{column}' has {bad.size} NaN or infinite values "
                             f"(first at row {bad[0]}, objid {table['objid'][bad[0]]})")
+    if "dec" in table.colnames:
+        dec = np.asarray(table["dec"], dtype=float)
+        bad = np.flatnonzero(np.abs(dec) > 90)
+        if bad.size:
+            raise _fail(path, "CATALOG", f"column 'dec' has {bad.size} values outside [-90, 90] degrees "
+                        f"(first: {dec[bad[0]]:g} at row {bad[0]}, objid {table['objid'][bad[0]]})",
+                        "declinations are in degrees; are ra and dec swapped, or in radians?")
     if "label" in table.colnames:
         labels = np.asarray(table["label"])
         if not np.issubdtype(labels.dtype, np.integer):
@@ -89,7 +98,7 @@ def validate(catalog: Catalog, path: Path | str = "<catalog>") -> None:
         bad = np.flatnonzero((labels < UNKNOWN_LABEL) | (labels >= len(catalog.classes)))
         if bad.size:
             raise _fail(path, "CATALOG", f"label {labels[bad[0]]} at row {bad[0]} is outside the "
-                        f"{len(catalog.classes)} classes {catalog.classes} ({bad.size} rows bad)",
+                        f"{len(catalog.classes)} classes {', '.join(catalog.classes)} ({bad.size} rows bad)",
                         "labels run from 0 to len(CLASSES)-1, or -1 for unknown")
     images = catalog.images
     if images is not None:
@@ -107,6 +116,14 @@ def read_catalog(path: str | os.PathLike, require_images: bool = True) -> Catalo
     path = Path(path)
     if not path.exists():
         raise GalbenchError("file not found", where=str(path))
+    if path.is_dir():
+        raise GalbenchError("is a folder, not a catalog FITS file", where=str(path))
+    with open(path, "rb") as handle:
+        magic = handle.read(3)
+    for signature, kind, tool in ((b"\x1f\x8b", "gzip", "gunzip"), (b"BZh", "bzip2", "bunzip2")):
+        if magic.startswith(signature):
+            raise GalbenchError(f"{kind}-compressed: galbench memory-maps the image cube, which a compressed "
+                                "file cannot offer", where=str(path), fix=f"decompress it first: {tool} -k {path}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # astropy's truncation warning; the checks below say it in one line
         try:
@@ -115,7 +132,7 @@ def read_catalog(path: str | os.PathLike, require_images: bool = True) -> Catalo
         except (OSError, ValueError) as exc:
             raise _fail(path, None, f"not a readable FITS file ({exc})") from None
     if "CATALOG" not in names:
-        raise _fail(path, None, f"no CATALOG HDU (found {names})",
+        raise _fail(path, None, f"no CATALOG HDU (found {', '.join(names)})",
                     "write catalogs with galbench data synth/import or galbench.data.catalog.write_catalog")
     cat_hdu = hdul["CATALOG"]
     if not isinstance(cat_hdu, fits.BinTableHDU):
@@ -158,7 +175,7 @@ def read_catalog(path: str | os.PathLike, require_images: bool = True) -> Catalo
         pixscale = img_hdu.header.get("PIXSCALE")
         source = str(img_hdu.header.get("SOURCE", ""))
     elif require_images:
-        raise _fail(path, None, f"no IMAGES HDU (found {names})",
+        raise _fail(path, None, f"no IMAGES HDU (found {', '.join(names)})",
                     "this command needs the images; only catalogs with an IMAGES HDU can be used")
     catalog = Catalog(table=table, classes=classes, images=images, bands=bands,
                       pixscale=float(pixscale) if pixscale is not None else None, source=source, path=path)
@@ -230,6 +247,21 @@ def write_catalog_stream(path: str | os.PathLike, table: Table, classes: list[st
                 raise GalbenchError(f"{written} images written for {rows} catalog rows", where=str(path))
             handle.write(b"\0" * (-written * row_bytes % 2880))  # FITS data ends on a 2,880-byte block
     return path
+def catalog_summary(catalog: Catalog) -> dict:
+    """What a catalog holds, as plain JSON-able data (`galbench data info --json`)."""
+    table = catalog.table
+    summary = {"file": str(catalog.path) if catalog.path else None, "rows": len(table),
+               "classes": list(catalog.classes), "class_counts": catalog.class_counts(),
+               "columns": list(table.colnames), "images": None}
+    for column in ("ra", "dec"):
+        if column in table.colnames:
+            values = np.asarray(table[column], dtype=float)
+            summary[f"{column}_range_deg"] = [float(values.min()), float(values.max())]
+    if catalog.images is not None:
+        summary["images"] = {"shape": list(catalog.images.shape), "dtype": str(catalog.images.dtype),
+                             "bands": catalog.bands.split(","), "pixscale_arcsec": catalog.pixscale,
+                             "source": catalog.source}
+    return summary
 
 
 def labelled_subset(catalog: Catalog) -> np.ndarray:

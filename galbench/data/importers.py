@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class ImportReport:
 
     kept: int = 0
     unmapped: int = 0
+    duplicates: int = 0  # rows dropped by dedupe="first"
     bad_images: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -78,9 +80,23 @@ def load_image(path: Path, stretch: dict | None = None) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                # 16-bit or float greyscale: PIL's conversion to 8 bits clips at 255 instead of scaling
+                return _stretch_to_uint8(np.repeat(np.asarray(img)[..., None], 3, axis=2), "image")
             return np.asarray(img.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"cannot decode image ({exc})") from None
+
+
+def _stretch_to_uint8(data: np.ndarray, what: str) -> np.ndarray:
+    """Scale an image of any number type linearly from its own minimum and maximum to 0..255."""
+    if data.dtype == np.uint8:
+        return data
+    data = data.astype(np.float64)
+    if not np.isfinite(data).all():
+        raise ValueError(f"{what} has NaN or infinite pixels")
+    low, high = float(data.min()), float(data.max())
+    return ((data - low) / (high - low or 1.0) * 255).round().astype(np.uint8)
 
 
 def _decode_all(paths: list[Path], crop, size, strict: bool, report: ImportReport,
@@ -124,30 +140,80 @@ def _find_image(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def import_folder_csv(folder: str | os.PathLike, labels_csv: str | os.PathLike | None, class_column: str,
-                      class_map: dict[str, list[str]], id_column: str = "objid", crop=None, size=None,
-                      strict: bool = False, progress=None, workers=None) -> tuple[Catalog, ImportReport]:
-    """Import `folder/<objid>.<ext>` images labelled by a CSV (the gz1-sdss layout)."""
-    folder = Path(folder)
-    csv_path = Path(labels_csv) if labels_csv else folder / "labels.csv"
+def read_labels_csv(csv_path: Path, needed: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a labels CSV (UTF-8, with or without a byte-order mark) that has the `needed` columns."""
     if not csv_path.exists():
         raise GalbenchError("labels CSV not found", where=str(csv_path), fix="pass --labels CSV")
-    with open(csv_path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        for needed in (id_column, class_column):
-            if needed not in columns:
-                raise GalbenchError(f"missing column {needed!r} (columns: {', '.join(columns)})", where=str(csv_path))
-        rows = list(reader)
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            for column in needed:
+                if column not in columns:
+                    raise GalbenchError(f"missing column {column!r} (columns: {', '.join(columns)})",
+                                        where=str(csv_path))
+            return list(reader)
+    except UnicodeDecodeError as exc:
+        raise GalbenchError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
+                            where=str(csv_path), fix="save the CSV as UTF-8") from None
+
+
+def _classes_from_values(values: list[str]) -> dict[str, list[str]]:
+    """One class per distinct source label, numbers in numeric order, else alphabetical."""
+    distinct = set(values)
+    try:
+        ordered = sorted(distinct, key=float)
+    except ValueError:
+        ordered = sorted(distinct)
+    return {value: [value] for value in ordered}
+
+
+def check_duplicates(objids: list[str], labels: list[int], where: str, dedupe: str | None) -> list[int]:
+    """Indices of the rows to keep: all of them when every objid is unique, each objid's first row with
+    dedupe="first"; otherwise one line naming the duplicated objids (a galaxy twice would leak between
+    the training and test splits, and conflicting labels cannot both be right)."""
+    first_row: dict[str, int] = {}
+    label_sets: dict[str, set[int]] = {}
+    for index, (objid, label) in enumerate(zip(objids, labels, strict=True)):
+        first_row.setdefault(objid, index)
+        label_sets.setdefault(objid, set()).add(label)
+    keep = sorted(first_row.values())
+    if len(keep) == len(objids) or dedupe == "first":
+        return keep
+    counts = Counter(objids)
+    repeated = [objid for objid in first_row if counts[objid] > 1]
+    conflicting = [objid for objid in repeated if len(label_sets[objid]) > 1]
+    named = conflicting or repeated
+    shown = ", ".join(named[:5]) + (", ..." if len(named) > 5 else "")
+    raise GalbenchError(f"{len(repeated)} objids appear more than once, {len(conflicting)} of them with "
+                        f"conflicting labels ({shown})", where=where,
+                        fix="remove the duplicate rows, or pass --dedupe first to keep each objid's first row")
+
+
+def import_folder_csv(folder: str | os.PathLike, labels_csv: str | os.PathLike | None, class_column: str,
+                      class_map: dict[str, list[str]] | None, id_column: str = "objid", crop=None, size=None,
+                      strict: bool = False, progress=None, workers=None,
+                      dedupe: str | None = None) -> tuple[Catalog, ImportReport]:
+    """Import `folder/<objid>.<ext>` images labelled by a CSV (the gz1-sdss layout).
+
+    Without a class map every distinct value of the class column is a class."""
+    folder = Path(folder)
+    csv_path = Path(labels_csv) if labels_csv else folder / "labels.csv"
+    rows = read_labels_csv(csv_path, (id_column, class_column))
+    if class_map is None:
+        class_map = _classes_from_values([row[class_column].strip() for row in rows])
     source_to_label = {src: index for index, sources in enumerate(class_map.values()) for src in sources}
     report = ImportReport()
+    mapped = [(line, row) for line, row in enumerate(rows, start=2)
+              if row[class_column].strip() in source_to_label]
+    report.unmapped = len(rows) - len(mapped)
+    keep = check_duplicates([row[id_column].strip() for _, row in mapped],
+                            [source_to_label[row[class_column].strip()] for _, row in mapped], str(csv_path), dedupe)
+    report.duplicates = len(mapped) - len(keep)
     paths, objids, labels, extra = [], [], [], []
     image_dir = folder / "images" if (folder / "images").is_dir() else folder
-    for line, row in enumerate(rows, start=2):
+    for line, row in (mapped[k] for k in keep):
         source_label = row[class_column].strip()
-        if source_label not in source_to_label:
-            report.unmapped += 1
-            continue
         path = _find_image(image_dir, row[id_column].strip())
         if path is None:
             message = "image file not found"
@@ -160,7 +226,7 @@ def import_folder_csv(folder: str | os.PathLike, labels_csv: str | os.PathLike |
         labels.append(source_to_label[source_label])
         extra.append(source_label)
     if progress:  # rows dropped before decoding count as done, so the bar over all CSV rows completes
-        progress(report.unmapped + len(report.bad_images))
+        progress(report.unmapped + report.duplicates + len(report.bad_images))
     kept, images = _decode_all(paths, crop, size, strict, report, progress, workers)
     table = Table()
     table["objid"] = _objid_column([objids[k] for k in kept])
@@ -172,8 +238,9 @@ def import_folder_csv(folder: str | os.PathLike, labels_csv: str | os.PathLike |
 
 
 def import_class_folders(folder: str | os.PathLike, crop=None, size=None, strict=False, progress=None,
-                         workers=None) -> tuple[Catalog, ImportReport]:
-    """Import a folder with one sub-folder per class (the sub-folder's name is the class name)."""
+                         workers=None, dedupe: str | None = None) -> tuple[Catalog, ImportReport]:
+    """Import a folder with one sub-folder per class (the sub-folder's name is the class name; the file's
+    name without its suffix is the objid)."""
     folder = Path(folder)
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir())
     if not class_dirs:
@@ -186,6 +253,9 @@ def import_class_folders(folder: str | os.PathLike, crop=None, size=None, strict
                 paths.append(path)
                 labels.append(index)
     report = ImportReport()
+    keep = check_duplicates([path.stem for path in paths], labels, str(folder), dedupe)
+    report.duplicates = len(paths) - len(keep)
+    paths, labels = [paths[k] for k in keep], [labels[k] for k in keep]
     kept, images = _decode_all(paths, crop, size, strict, report, progress, workers)
     table = Table()
     table["objid"] = _objid_column([paths[k].stem for k in kept])
@@ -205,7 +275,7 @@ def import_galaxy10(path: str | os.PathLike, crop=None, size=None) -> tuple[Cata
     with h5py.File(path, "r") as handle:
         for key in ("images", "ans"):
             if key not in handle:
-                raise GalbenchError(f"missing dataset {key!r} (found {list(handle)})", where=str(path))
+                raise GalbenchError(f"missing dataset {key!r} (found {', '.join(handle)})", where=str(path))
         raw = handle["images"]
         if raw.ndim != 4 or raw.shape[3] != 3 or raw.dtype != np.uint8:
             raise GalbenchError(f"images are {raw.dtype} {raw.shape}, expected uint8 (N, H, W, 3)", where=str(path))

@@ -3,8 +3,8 @@
 - Catalogs: the Nair & Abraham (2010) table (VizieR J/ApJS/186/427, table2) through VizieR's VOTable
   interface, or any local table (FITS, CSV, VOTable) with ra/dec columns.
 - Cutouts: SkyServer's ImgCutout service (JPEG, i/r/g -> R/G/B with the Lupton stretch), a bounded number of
-  parallel requests, timeouts, retries with backoff on timeouts, connection errors and 5xx, redirects
-  followed, every answer checked to be a decodable JPEG of the requested size (an HTML error page, an empty
+  parallel requests over reused connections (urllib3), timeouts, retries with exponential backoff on
+  timeouts, connection errors, 429 and 5xx (honouring Retry-After), redirects followed, every answer checked to be a decodable JPEG of the requested size (an HTML error page, an empty
   body or a truncated image is a failure, never a training image).
 - A cache keyed by (ra, dec, scale, size, release) that every finished image enters at once, so a rerun or an
   interrupted run fetches nothing twice.
@@ -17,16 +17,14 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import urllib3
 from astropy.table import Table
 from PIL import Image
 
@@ -80,9 +78,11 @@ def normalise_catalog(table: Table, where: str) -> Table:
         out["objid"] = np.arange(len(table), dtype=np.int64)
     out["ra"] = np.asarray(table[ra], dtype=float)
     out["dec"] = np.asarray(table[dec], dtype=float)
-    bad = np.flatnonzero(~np.isfinite(out["ra"]) | ~np.isfinite(out["dec"]))
+    bad = np.flatnonzero(~np.isfinite(out["ra"]) | ~np.isfinite(out["dec"]) | (np.abs(out["dec"]) > 90))
     if bad.size:
-        raise GalbenchError(f"{bad.size} rows have no usable coordinates (first: row {bad[0]})", where=where)
+        raise GalbenchError(f"{bad.size} rows have no usable coordinates (first: row {bad[0]}, ra "
+                            f"{out['ra'][bad[0]]:g}, dec {out['dec'][bad[0]]:g})", where=where,
+                            fix="ra and dec are in degrees, dec within [-90, 90]")
     for column in table.colnames:
         if column not in (ra, dec) and column not in out.colnames:
             out[column.lower() if column in ("TType", "T") else column] = table[column]
@@ -105,7 +105,7 @@ def fetch_vizier(source: str = NAIR_ABRAHAM, base_url: str | None = None, timeou
     cached = cache_dir("vizier") / (hashlib.sha256(url.encode()).hexdigest()[:16] + ".vot")
     if not cached.exists():
         try:
-            body = _get(url, timeout, retries)
+            body = _get(connection_pool(1, timeout, retries), url, retries)
         except FetchError as exc:
             raise GalbenchError(f"VizieR cannot be reached: {exc}", where=url,
                                 fix="check the network, or --vizier-url / $GALBENCH_VIZIER_URL") from None
@@ -125,6 +125,8 @@ def read_table(path: str | Path) -> Table:
     if not path.exists():
         raise GalbenchError("catalog table not found", where=str(path))
     suffix = path.suffix.lower()
+    if suffix == ".gz":  # astropy reads gzipped tables itself (only image cubes need memory maps)
+        suffix = Path(path.stem).suffix.lower()
     formats = {".fits": "fits", ".fit": "fits", ".csv": "ascii.csv", ".vot": "votable", ".xml": "votable"}
     if suffix not in formats:
         raise GalbenchError(f"unknown table format {suffix!r}", where=str(path), fix="use .fits, .csv or .vot")
@@ -138,24 +140,42 @@ class FetchError(Exception):
     """One cutout could not be fetched or was not a valid image; the reason is the message."""
 
 
-def _get(url: str, timeout: float, retries: int, backoff: float = 0.5) -> bytes:
-    """GET with retries and exponential backoff on timeouts, connection errors and 5xx; redirects followed."""
-    last = ""
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(backoff * 2 ** (attempt - 1))
-        try:
-            request = urllib.request.Request(url, headers={"User-Agent": "galbench (+https://pypi.org/project/galbench)"})
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.read()
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}"
-            if exc.code < 500:
-                break
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            last = "timed out" if "timed out" in str(reason) else f"connection failed ({reason})"
-    raise FetchError(f"{last} after {attempt + 1} attempts")
+USER_AGENT = "galbench (+https://pypi.org/project/galbench)"
+RETRY_STATUSES = (429, *range(500, 600))  # too many requests, and every server error
+
+
+def connection_pool(workers: int, timeout: float, retries: int, backoff: float = 0.5) -> urllib3.PoolManager:
+    """Reused connections for `workers` parallel requests, retrying timeouts, connection errors, 429 and 5xx
+    with exponential backoff (and a server's Retry-After), following redirects."""
+    retry = urllib3.Retry(total=None, connect=retries, read=retries, status=retries, other=0, redirect=5,
+                          status_forcelist=RETRY_STATUSES, allowed_methods=["GET"], backoff_factor=backoff,
+                          respect_retry_after_header=True, raise_on_status=False)
+    return urllib3.PoolManager(num_pools=4, maxsize=max(1, workers), block=True, retries=retry,
+                               timeout=urllib3.Timeout(connect=timeout, read=timeout),
+                               headers={"User-Agent": USER_AGENT})
+
+
+def _get(pool: urllib3.PoolManager, url: str, retries: int) -> bytes:
+    """GET a URL's body through the pool's retries; FetchError with the reason where none came."""
+    try:
+        response = pool.request("GET", url)
+    except urllib3.exceptions.MaxRetryError as exc:
+        attempts = retries + 1
+        reason = exc.reason
+        # a refused connection is a NewConnectionError, which urllib3 also makes a ConnectTimeoutError
+        if isinstance(reason, urllib3.exceptions.TimeoutError) and \
+                not isinstance(reason, urllib3.exceptions.NewConnectionError):
+            raise FetchError(f"timed out after {attempts} attempts") from None
+        if isinstance(reason, urllib3.exceptions.ResponseError):
+            raise FetchError(str(reason)) from None
+        detail = str(reason).rsplit("connection: ", 1)[-1]
+        raise FetchError(f"connection failed ({detail}) after {attempts} attempts") from None
+    except urllib3.exceptions.HTTPError as exc:
+        raise FetchError(f"connection failed ({type(exc).__name__})") from None
+    if response.status >= 300:
+        attempts = len(response.retries.history) + 1 if response.retries else 1
+        raise FetchError(f"HTTP {response.status} after {attempts} attempts")
+    return response.data
 
 
 def validate_jpeg(body: bytes, width: int, height: int) -> np.ndarray:
@@ -218,13 +238,14 @@ def fetch_cutouts(ra: np.ndarray, dec: np.ndarray, scale: np.ndarray, spec: Cuto
     """Fetch (or find in the cache) every cutout; returns each row's cached file (None where it failed)."""
     report = FetchReport()
     paths: list[Path | None] = [None] * len(ra)
+    connections = connection_pool(workers, timeout, retries, backoff)
 
     def one(row: int):
         target = spec.cache_path(ra[row], dec[row], scale[row])
         if target.exists():
             return row, target, "cached"
         try:
-            body = _get(spec.url(ra[row], dec[row], scale[row]), timeout, retries, backoff)
+            body = _get(connections, spec.url(ra[row], dec[row], scale[row]), retries)
             validate_jpeg(body, spec.width, spec.height)
         except FetchError as exc:
             return row, None, str(exc)

@@ -295,15 +295,16 @@ def synthesize(params: SynthParams, workers: int | None = None,
 def cached_synth_catalog(params: dict, progress_factory=None) -> Path:
     """The cached FITS file of a synth table, generated on first use (keyed by the parameters' hash)."""
     from galbench.data.catalog import write_catalog
-    from galbench.fileio import cache_dir, content_hash
+    from galbench.fileio import cache_dir, cache_entry, content_hash
 
     path = cache_dir("synth") / f"synth-{content_hash(params)}.fits"
-    if not path.exists():
-        synth = SynthParams(**params)
-        if progress_factory is None:
-            catalog = synthesize(synth)
-        else:
-            with progress_factory("simulating galaxies", synth.n, "galaxies") as advance:
-                catalog = synthesize(synth, progress=advance)
-        write_catalog(path, catalog)
+    with cache_entry(path, "cached simulated catalog") as missing:
+        if missing:
+            synth = SynthParams(**params)
+            if progress_factory is None:
+                catalog = synthesize(synth)
+            else:
+                with progress_factory("simulating galaxies", synth.n, "galaxies") as advance:
+                    catalog = synthesize(synth, progress=advance)
+            write_catalog(path, catalog)
     return path

@@ -31,7 +31,7 @@ from galbench.experiment.suite import (
 )
 from galbench.experiment.train import RunSpec, save_checkpoint
 from galbench.experiment.train import run as train_run
-from galbench.fileio import cache_dir, content_hash
+from galbench.fileio import cache_dir, cache_entry, content_hash
 from galbench.models.registry import build_model
 from galbench.models.weights import load_checkpoint
 
@@ -59,6 +59,8 @@ def pretrain_on_catalog(catalog: Catalog, out: Path, model: str, image_size: int
         display.start_run(f"pretrain {source['kind']}", seed, epochs)
     result = train_run(spec, splits["train"], splits["val"], splits["test"], work,
                        on_event=display.on_event if display else None)
+    if display:
+        display.end_run(result)
     checkpoint = load_checkpoint(work / "final.pt")
     totals = result["totals"]
     cost = {key: totals[key] for key in ("samples", "train_flops", "eval_flops", "device_seconds",
@@ -131,12 +133,13 @@ def ensure_for_variant(variant: Variant, suite: Suite, base: Path, device: torch
     kind, _, name = variant.init.partition(":")
     if kind == "fractal":
         path = pretraining_path(variant, suite, base, replicate)
-        if not path.exists():
-            section = _fractal_replicate(variant, replicate)
-            params = FractalParams(classes=section.classes, per_class=section.per_class, size=section.size,
-                                   seed=section.seed, recipe=section.recipe)
-            pretrain_fractal(path, params, variant.model, section.epochs, section.lr, section.batch_size, device,
-                             display)
+        with cache_entry(path, "cached pretraining") as missing:
+            if missing:
+                section = _fractal_replicate(variant, replicate)
+                params = FractalParams(classes=section.classes, per_class=section.per_class, size=section.size,
+                                       seed=section.seed, recipe=section.recipe)
+                pretrain_fractal(path, params, variant.model, section.epochs, section.lr, section.batch_size,
+                                 device, display)
         return path
     section = next(p for p in suite.pretrained if p.name == name)
     if section.method != "supervised":
@@ -165,11 +168,12 @@ def ensure_catalog_pretraining(section: PretrainedSection, model: str, suite: Su
     """Pretraining on another catalog (a FITS path or a synth table), cached by its parameters."""
     catalog_file, key = _catalog_pretraining_key(section, model, suite, base, replicate)
     path = _cached("catalog", key)
-    if not path.exists():
-        if catalog_file is None:
-            catalog_file = cached_synth_catalog(section.synth.model_dump(), display.bar if display else None)
-        catalog = read_catalog(catalog_file)
-        source = {"kind": "catalog", "name": section.name, "catalog": str(catalog_file), **key}
-        pretrain_on_catalog(catalog, path, model, key["image_size"], section.epochs, section.lr, section.batch_size,
-                            device, source, seed=replicate, display=display)
+    with cache_entry(path, "cached pretraining") as missing:
+        if missing:
+            if catalog_file is None:
+                catalog_file = cached_synth_catalog(section.synth.model_dump(), display.bar if display else None)
+            catalog = read_catalog(catalog_file)
+            source = {"kind": "catalog", "name": section.name, "catalog": str(catalog_file), **key}
+            pretrain_on_catalog(catalog, path, model, key["image_size"], section.epochs, section.lr,
+                                section.batch_size, device, source, seed=replicate, display=display)
     return path

@@ -12,13 +12,18 @@ machine's load or clock over a suite then falls on all arms alike instead of lin
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
 import platform
+import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +37,21 @@ from galbench.errors import GalbenchError
 from galbench.experiment.pretrain import pretraining_path
 from galbench.experiment.suite import Suite
 from galbench.experiment.train import RunSpec, resolve_device, resolve_precision
-from galbench.fileio import cache_dir, write_json_atomic, write_text_atomic
+from galbench.fileio import (
+    cache_dir,
+    exclusive_lock,
+    make_dirs,
+    remove_empty,
+    write_json_atomic,
+    write_text_atomic,
+)
 from galbench.models.weights import load_checkpoint
 
 SUBSET_STREAM = 7_919  # the training subsets' own random stream beside the split's
+LOCK_FILE = ".galbench.lock"  # in the run directory while a command writes there
+# the packages whose versions can change results or speed; those not installed are left out
+PACKAGES = ("torch", "torchvision", "numpy", "scipy", "astropy", "galsim", "pillow", "onnx", "onnxruntime",
+            "onnxruntime-gpu", "onnxconverter-common", "timm", "lightly", "pydantic", "ray", "nvidia-ml-py")
 
 
 @dataclass
@@ -159,13 +175,65 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def package_versions() -> dict[str, str]:
+    """Exact versions of the installed packages that matter to results (see PACKAGES)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def code_version() -> dict:
+    """Which galbench code ran: the git commit where galbench is a checkout (and whether its files differ
+    from it), and always a SHA-256 over the package's own files, which also identifies an installed copy."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".toml") and p.is_file()):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    version = {"source_sha256": digest.hexdigest(), "git_commit": None, "git_dirty": None}
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    # only a checkout of galbench itself counts, not some other repository that happens to contain it
+    if top and Path(top).resolve() == package.parent:
+        version["git_commit"] = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no", "--", str(package))
+        version["git_dirty"] = bool(status) if status is not None else None
+    return version
+
+
 def environment(device: torch.device, precision: str) -> dict:
-    """What the results were measured on."""
+    """What the results were measured on, and with which code and packages (so runs can be compared)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    return {"galbench": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"galbench": __version__, "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": cudnn,
             "python": platform.python_version(), "device": str(device), "device_name": name,
             "precision": precision, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform()}
+            "platform": platform.platform(), "code": code_version(), "packages": package_versions()}
+
+
+@contextlib.contextmanager
+def claimed_run_dir(out: Path) -> Iterator[Path]:
+    """The run directory, locked against a second command; a failure leaves no empty folders behind."""
+    created = make_dirs(out)
+    try:
+        with exclusive_lock(out / LOCK_FILE, "run directory"):
+            yield out
+    except BaseException:
+        for folder, _, _ in sorted(os.walk(out), key=lambda entry: -len(entry[0])):
+            if folder != str(out):
+                remove_empty([Path(folder)])
+        remove_empty(created)
+        raise
 
 
 def default_out_dir(suite: Suite) -> Path:
@@ -220,11 +288,16 @@ def run_suite(suite: Suite, base: Path, out: Path | None = None, device_override
 
     Results are listed in the suite's order (variant, then size, then seed), whatever order the runs executed in.
     """
+    out = Path(out) if out else default_out_dir(suite)
+    device = resolve_device(device_override or suite.train.device)
+    with claimed_run_dir(out):
+        return _run_suite(suite, base, out, device, device_override, display, executor)
+
+
+def _run_suite(suite: Suite, base: Path, out: Path, device: torch.device, device_override: str | None, display,
+               executor) -> tuple[Path, list[dict]]:
     from galbench.experiment.executors import make_executor
 
-    out = Path(out) if out else default_out_dir(suite)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(device_override or suite.train.device)
     progress_factory = display.bar if display else None
     path = catalog_path(suite, base, progress_factory)
     data = SuiteData(suite, path, device)

@@ -53,7 +53,7 @@ from galbench.experiment.train import (
     resolve_precision,
     save_checkpoint,
 )
-from galbench.fileio import atomic_path, cache_dir, content_hash
+from galbench.fileio import atomic_path, cache_dir, cache_entry, content_hash
 from galbench.models.registry import build_model, embed
 from galbench.models.weights import CHECKPOINT_FORMAT, load_checkpoint
 
@@ -586,10 +586,15 @@ def ensure_ssl_pretraining(section: PretrainedSection, model: str, suite: Suite,
     """A suite's self-supervised pretraining (one replicate), made on first use and cached by what made it."""
     require_lightly()
     plan = plan_ssl_pretraining(section, model, suite, base, replicate, display.bar if display else None)
-    if plan.path.exists():
-        return plan.path
+    with cache_entry(plan.path, "cached pretraining") as missing:
+        if missing:
+            _pretrain_planned(plan, suite, device, display)
+    return plan.path
+
+
+def _pretrain_planned(plan: SSLPlan, suite: Suite, device: torch.device, display) -> Path:
     spec = plan.spec
-    build_model(model, len(plan.classes), spec.image_size)  # fail early on an unknown model name or input size
+    build_model(spec.model, len(plan.classes), spec.image_size)  # fail early on an unknown model name or input size
     budget = suite.data.memory_budget_mb * 2**20
     images = SplitImages.build(plan.catalog.images, plan.rows, np.zeros(len(plan.catalog), dtype=np.int64),
                                spec.crop, spec.image_size, device, budget)

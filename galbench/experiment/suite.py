@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from galbench.errors import GalbenchError
 from galbench.fileio import content_hash
+from galbench.models.registry import list_models
+
+# suites shipped inside the package, runnable by name from any folder (`galbench run quickstart`)
+PACKAGED_SUITES = Path(__file__).resolve().parents[1] / "suites"
 
 
 class _Strict(BaseModel):
@@ -154,6 +159,17 @@ class TrainSection(_Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     class_weights: Literal["none", "balanced"] = "none"  # balanced: cross-entropy weighted by 1 / class frequency
     sampler: Literal["shuffle", "balanced"] = "shuffle"  # balanced: classes drawn equally often, with replacement
+    checkpoint_every: int | str = 1  # epochs between last.pt writes, or seconds as "600s"
+
+    @field_validator("checkpoint_every")
+    @classmethod
+    def _checkpoint_every(cls, value):
+        if isinstance(value, int) and value >= 1:
+            return value
+        if isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?s", value) and float(value[:-1]) > 0:
+            return value
+        raise ValueError(f"checkpoint_every is a number of epochs (at least 1) or of seconds (\"600s\"), "
+                         f"not {value!r}")
 
     @model_validator(mode="after")
     def _budget(self):
@@ -295,6 +311,19 @@ class Variant(_Strict):
     fractal: FractalSection | None = None
     train: dict[str, Any] = {}
 
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value):
+        # timm models are checked when built (timm may not be installed where the suite is written)
+        if re.fullmatch(r"timm:[A-Za-z0-9_.-]+", value):
+            return value
+        names = [entry.name for entry in list_models()]
+        if value not in names:
+            near = difflib.get_close_matches(value, names, n=1, cutoff=0.5)
+            hint = f"did you mean {near[0]!r}?" if near else f"registered: {', '.join(names)}"
+            raise ValueError(f"unknown model {value!r} ({hint} timm models are written timm:NAME)")
+        return value
+
     @field_validator("init")
     @classmethod
     def _init(cls, value):
@@ -340,7 +369,7 @@ class Suite(_Strict):
     def _cross_checks(self):
         names = [v.name for v in self.variant]
         if len(set(names)) != len(names):
-            raise ValueError(f"variant names must be unique, got {names}")
+            raise ValueError(f"variant names must be unique, got {', '.join(names)}")
         pretrained_names = {p.name for p in self.pretrained}
         for variant in self.variant:
             if variant.init.startswith("pretrained:") and variant.init.split(":", 1)[1] not in pretrained_names:
@@ -441,6 +470,9 @@ class Suite(_Strict):
             train["epochs"] = train["epochs"] or DEFAULT_EPOCHS
             if train["evals"] is None:
                 train["evals_per_epoch"] = train["evals_per_epoch"] or DEFAULT_EVALS_PER_EPOCH
+        # nor how often checkpoints are written
+        for train in (resolved["train"], *(variant["train"] for variant in resolved["variant"])):
+            train.pop("checkpoint_every", None)
         # keys added since, at the values that do what 0.2.0 did
         ssl_defaults = {key: PretrainedSection.model_fields[key].default for key in SSL_KEYS}
         as_before = [(resolved["suite"], {"threshold_metric": "accuracy", "train_sizes": None, "per_class": False}),
@@ -480,13 +512,22 @@ def _model_at(path: tuple) -> type[BaseModel] | None:
 
 def _describe(error: dict, raw: dict) -> GalbenchError:
     loc = tuple(error["loc"])
-    key = ".".join(str(p) for p in loc)
+    key = ".".join(str(p) for p in _named(loc, raw))
     if error["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
         fields = list(parent.model_fields) if parent else []
         return GalbenchError(f"unknown key '{key}'", fix=_nearest(str(loc[-1]), fields))
     message = error["msg"].removeprefix("Value error, ")
     return GalbenchError(f"{message}" if not key else f"'{key}': {message}")
+
+
+def _named(loc: tuple, raw: dict) -> tuple:
+    """A key path with list indices of named tables replaced by their names (variant.scratch.model)."""
+    if len(loc) > 1 and loc[0] in ("variant", "pretrained") and isinstance(loc[1], int):
+        entries = raw.get(loc[0])
+        if isinstance(entries, list) and loc[1] < len(entries) and isinstance(entries[loc[1]], dict):
+            return (loc[0], entries[loc[1]].get("name", loc[1]), *loc[2:])
+    return loc
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -502,16 +543,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply --set overrides to the raw TOML dict; `variant.NAME.key` targets one variant."""
+    """Apply --set overrides to the raw TOML dict; `variant.NAME.key` and `pretrained.NAME.key` target one
+    entry."""
     raw = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
-        if path[0] == "variant":
+        if path[0] in ("variant", "pretrained"):
             if len(path) < 3:
-                raise GalbenchError(f"bad --set {text!r}", fix="write variant.NAME.key=value")
-            matches = [v for v in raw.get("variant", []) if v.get("name") == path[1]]
+                raise GalbenchError(f"bad --set {text!r}", fix=f"write {path[0]}.NAME.key=value")
+            matches = [v for v in raw.get(path[0], []) if v.get("name") == path[1]]
             if not matches:
-                raise GalbenchError(f"--set {text!r}: no variant named {path[1]!r}")
+                raise GalbenchError(f"--set {text!r}: no {path[0]} named {path[1]!r}")
             node, path = matches[0], path[2:]
         else:
             node = raw
@@ -528,13 +570,29 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def packaged_suites() -> list[str]:
+    """Names of the suites shipped with galbench (`galbench run NAME` works from any folder)."""
+    return sorted(path.stem for path in PACKAGED_SUITES.glob("*.toml"))
+
+
 def load_suite(path: str | Path, overrides: list[str] | None = None) -> tuple[Suite, Path]:
-    """Read, override and validate a suite file; returns the suite and the folder its paths are relative to."""
+    """Read, override and validate a suite file (or a packaged suite by name); returns the suite and the
+    folder its relative paths start from (the suite file's, or the current one for a packaged suite)."""
     path = Path(path)
+    base = None
+    if not path.exists() and len(path.parts) == 1 and not path.suffix and path.name in packaged_suites():
+        path, base = PACKAGED_SUITES / f"{path.name}.toml", Path.cwd()
     if not path.exists():
-        raise GalbenchError("suite file not found", where=str(path))
+        raise GalbenchError("suite file not found", where=str(path),
+                            fix=f"give a suite TOML file or a packaged suite: {', '.join(packaged_suites())}")
+    if path.is_dir():
+        raise GalbenchError("is a folder, not a suite file", where=str(path),
+                            fix="give the suite's TOML file, e.g. suites/quickstart.toml")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise GalbenchError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
+                            where=str(path), fix="save the suite file as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise GalbenchError(f"malformed TOML: {exc}", where=str(path)) from None
     raw = apply_overrides(raw, overrides or [])
@@ -555,4 +613,4 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> tuple[Su
                                     fix=_nearest(str(first["loc"][-1]), TrainSection.model_fields)) from None
             message = first["msg"].removeprefix("Value error, ")
             raise GalbenchError(f"'variant.{variant.name}.{loc}': {message}", where=str(path)) from None
-    return suite, path.resolve().parent
+    return suite, base or path.resolve().parent

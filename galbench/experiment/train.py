@@ -3,9 +3,15 @@
 The loop is plain to see: `train_one_epoch`, `evaluate`, `run`. A run's budget is `epochs` over its
 training set or a number of optimizer `steps`; it evaluates `evals_per_epoch` times an epoch or `evals`
 times in all. Each run writes an append-only JSON-lines event log (run_start, eval, threshold_reached,
-run_stop) and checkpoints `last.pt` at the end of every epoch that evaluated. A rerun skips a finished
-run and resumes an interrupted one from `last.pt`, first cutting the log back to what that checkpoint had
-seen, so little is lost and, on the CPU, the resumed run's results equal an uninterrupted run's.
+run_stop) and checkpoints `last.pt` at the end of every epoch that evaluated (or every
+`train.checkpoint_every` epochs or seconds); the last epoch's weights go to `final.pt`. A rerun skips a
+finished run and resumes an interrupted one from `last.pt`, first cutting the log back to what that
+checkpoint had seen, so at most the epochs since the last checkpoint are lost and, on the CPU, the resumed
+run's results equal an uninterrupted run's.
+
+Checkpoints cost almost no training time: at an epoch's end the state is copied to the CPU and written by
+a background thread while the next epoch trains. The best validation state is kept in memory (on the
+CPU) at the evaluation that found it and written as weights only, at most once per checkpoint.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextlib
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +41,7 @@ from galbench.experiment.accounting import (
     threshold_crossings,
 )
 from galbench.experiment.suite import AugmentSection, TrainSection
-from galbench.fileio import atomic_path
+from galbench.fileio import atomic_path, user_os_error
 from galbench.models.finetune import apply_finetune_policy, keep_frozen_norms_in_eval
 from galbench.models.registry import build_model
 from galbench.models.weights import CHECKPOINT_FORMAT, load_backbone, load_checkpoint
@@ -156,10 +163,17 @@ class EventLog:
         self.path = path
 
     def append(self, event: dict) -> None:
-        """Append one event, stamped with the wall-clock time."""
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps({"time_unix": round(time.time(), 3), **event}) + "\n")
-            handle.flush()
+        """Append one event, stamped with the wall-clock time; a failed write (a full disk) leaves no half line."""
+        line = json.dumps({"time_unix": round(time.time(), 3), **event}) + "\n"
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with open(self.path, "a") as handle:
+                handle.write(line)
+                handle.flush()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, size)
+            raise user_os_error(exc, self.path) or exc from None
 
     def read(self) -> list[dict]:
         """Every complete event (a half-written last line from a kill is ignored)."""
@@ -246,8 +260,63 @@ def model_checkpoint(model: nn.Module, spec: RunSpec, extra_meta: dict) -> dict:
 
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
     """torch.save through a temporary file and a rename."""
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    # through a Python file object: torch then writes in chunks through file.write, which lets go of the GIL,
+    # where given a path it holds the GIL for each whole tensor (tens of ms for AlexNet's largest), stalling
+    # the training thread while checkpoints are written in the background
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(checkpoint, handle)
+
+
+def cpu_copy(value):
+    """A deep copy with every tensor copied to the CPU: a snapshot that later training steps cannot change."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(cpu_copy(item) for item in value)
+    return value
+
+
+class CheckpointWriter:
+    """Writes checkpoint files in a background thread, one batch of files at a time.
+
+    `submit` first waits for the previous batch, so at most one write is in flight and files land in
+    order; `wait` re-raises a failed write (a full disk) in the training thread."""
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, files: list[tuple[dict, Path]], then: Callable[[], None] | None = None) -> None:
+        """Write `(checkpoint, path)` pairs in order in the background, then call `then()` there."""
+        self.wait()
+
+        def write() -> None:
+            try:
+                for checkpoint, path in files:
+                    save_checkpoint(checkpoint, path)
+                if then:
+                    then()
+            except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
+                self._error = exc
+
+        # not a daemon: an interpreter that is exiting finishes the write (or cleans its temporary file)
+        self._thread = threading.Thread(target=write, name="galbench-checkpoint")
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the write in flight has finished; raise its error, if it had one."""
+        self.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def join(self) -> None:
+        """Block until the write in flight has finished, keeping any error for `wait`."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
 
 class Trainer:
@@ -288,13 +357,37 @@ class Trainer:
         self.epoch = 0
         self.step = 0  # optimizer steps taken
         self.best = {"val_accuracy": -1.0, "epoch": 0.0}
+        self.best_checkpoint: dict | None = None  # this session's best, on the CPU (best.pt once written)
+        self.best_unwritten = False
         self.reached: set[float] = set()
         self.steps_per_epoch = math.ceil(len(train) / self.cfg.batch_size)
         self.total_steps = total_steps(self.cfg, self.steps_per_epoch)
         self.eval_steps = eval_steps(self.cfg, self.steps_per_epoch)
+        self.writer = CheckpointWriter()
+        self.last_checkpoint_time = time.perf_counter()
 
     # --- persistence ---------------------------------------------------------------------------------
-    def save_last(self) -> None:
+    def checkpoint_due(self) -> bool:
+        """Whether this epoch's end gets a last.pt, by `train.checkpoint_every` (the last epoch gets final.pt)."""
+        every = self.cfg.checkpoint_every
+        if isinstance(every, str):  # seconds, as "600s"
+            return time.perf_counter() - self.last_checkpoint_time >= float(every[:-1])
+        return self.epoch % every == 0
+
+    def _unwritten_best(self) -> list[tuple[dict, Path]]:
+        if not self.best_unwritten:
+            return []
+        self.best_unwritten = False
+        return [(self.best_checkpoint, self.run_dir / "best.pt")]
+
+    def save_final(self) -> None:
+        """Write the final weights (final.pt, no optimizer state: nothing resumes from them) and the best
+        weights, if new, in the background. Until run_stop is logged, a kill resumes from the last last.pt."""
+        final = cpu_copy(model_checkpoint(self.model, self.spec, {"epochs": self.epoch}))
+        self.writer.submit([*self._unwritten_best(), (final, self.run_dir / "final.pt")])
+
+    def save_last(self, then: Callable[[], None] | None = None) -> None:
+        """Snapshot the run's state on the CPU and write it (with the best weights, if new) in the background."""
         checkpoint = model_checkpoint(self.model, self.spec, {})
         rng = {"shuffle": self.shuffle.get_state(), "augment": self.augment_rng.get_state(),
                "torch": torch.get_rng_state()}
@@ -303,7 +396,9 @@ class Trainer:
         checkpoint.update(optimizer=self.optimizer.state_dict(), rng=rng, epoch=self.epoch, step=self.step,
                           events_logged=len(self.log.read()), costs=self.costs.as_dict(), best=self.best,
                           reached=sorted(self.reached))
-        save_checkpoint(checkpoint, self.run_dir / "last.pt")
+        # best.pt first: a kill between the two files resumes from the older last.pt, which redoes the epoch
+        self.writer.submit([*self._unwritten_best(), (cpu_copy(checkpoint), self.run_dir / "last.pt")], then)
+        self.last_checkpoint_time = time.perf_counter()
 
     def restore(self, checkpoint: dict) -> None:
         self.model.load_state_dict(checkpoint["state_dict"])
@@ -358,8 +453,9 @@ class Trainer:
                 self.on_event(reached)
         if result.accuracy > self.best["val_accuracy"]:
             self.best = {"val_accuracy": result.accuracy, "epoch": epochs}
-            save_checkpoint(model_checkpoint(self.model, spec, {"val_accuracy": result.accuracy, "epochs": epochs}),
-                            self.run_dir / "best.pt")
+            self.best_unwritten = True
+            self.best_checkpoint = cpu_copy(model_checkpoint(self.model, spec, {"val_accuracy": result.accuracy,
+                                                                                "epochs": epochs}))
         self.step_model.train()
         keep_frozen_norms_in_eval(self.model)
 
@@ -410,10 +506,12 @@ def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, 
         on_event: Callable[[dict], None] | None = None, on_checkpoint: Callable[[], None] | None = None) -> dict:
     """Train one run to its end (resuming if it was interrupted) and return its results.
 
-    `on_checkpoint()` is called whenever the run directory's files are consistent: after each checkpoint
-    and at the end (remote executors ship the files back to the driver then).
+    `on_checkpoint()` is called whenever the run directory's files are consistent: once each checkpoint
+    is written (from the writer's thread) and at the end (remote executors ship the files back then).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.tmp"):  # a write cut short by a kill: never a checkpoint
+        stale.unlink()
     log = EventLog(run_dir / "events.jsonl")
     logged = log.read()
     if any(e["event"] == "run_stop" for e in logged):
@@ -435,16 +533,23 @@ def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, 
                     "total_steps": trainer.total_steps, "evals": len(trainer.eval_steps),
                     "class_weights": spec.train.class_weights, "sampler": spec.train.sampler, **spec.meta})
     trainer.begin_session()
-    while not trainer.done:
-        evaluated = trainer.train_one_epoch()
-        # an epoch without an evaluation (many short epochs on a small subset) is not worth a checkpoint
-        if evaluated or trainer.done:
-            trainer.save_last()
-            if on_checkpoint:
-                on_checkpoint()
-    best = load_checkpoint(run_dir / "best.pt")
-    trainer.model.load_state_dict(best["state_dict"])
-    result = evaluate(trainer.model, test, trainer.normalizer, 256, trainer.precision, spec.train.channels_last)
+    try:
+        while not trainer.done:
+            evaluated = trainer.train_one_epoch()
+            # an epoch without an evaluation (many short epochs on a small subset) is not worth a checkpoint
+            if evaluated and not trainer.done and trainer.checkpoint_due():
+                trainer.save_last(then=on_checkpoint)
+        trainer.save_final()
+        # the test evaluation overlaps the last write when this session holds the best weights in memory
+        best = trainer.best_checkpoint
+        if best is None:
+            trainer.writer.wait()
+            best = load_checkpoint(run_dir / "best.pt")
+        trainer.model.load_state_dict(best["state_dict"])
+        result = evaluate(trainer.model, test, trainer.normalizer, 256, trainer.precision, spec.train.channels_last)
+        trainer.writer.wait()
+    finally:
+        trainer.writer.join()  # an interrupted run still finishes the write in flight
     confusion = confusion_matrix(test.labels.cpu().numpy(), result.predicted.numpy(), len(spec.classes))
     log.append({"event": "run_stop", "status": "success", "test_accuracy": result.accuracy,
                 "test_balanced_accuracy": result.balanced_accuracy, "test_loss": round(result.loss, 6),
@@ -452,7 +557,7 @@ def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, 
                 "confusion": confusion.tolist(), **per_class_scores(confusion),
                 "test_predictions": result.predicted.tolist(), "test_labels": test.labels.cpu().tolist(),
                 "test_rows": test.rows_in_catalog.tolist()})
-    os.replace(last, run_dir / "final.pt")
+    last.unlink(missing_ok=True)
     if on_checkpoint:
         on_checkpoint()
     return results_from_events(log.read(), spec.thresholds)

@@ -28,7 +28,7 @@ from astropy.table import MaskedColumn, Table
 from galbench.data.catalog import release_pages
 from galbench.data.tensors import prepare_images
 from galbench.errors import GalbenchError
-from galbench.fileio import file_sha256, write_json_atomic
+from galbench.fileio import atomic_path, file_sha256, write_json_atomic
 from galbench.inference.export import deployed_from_metadata, read_metadata
 from galbench.inference.inputs import InputCatalog, fingerprint, read_input
 from galbench.inference.output import check_writable, write_output
@@ -242,7 +242,8 @@ def classify(input_path: str | Path, model: str | Path | None = None, run: str |
     labels = np.asarray(catalog.table["label"]) if "label" in catalog.table.colnames else None
     if (labels is not None and catalog.classes is not None and (labels >= 0).any()
             and catalog.classes != meta["classes"]):
-        raise GalbenchError(f"the catalog's classes {catalog.classes} do not match the model's {meta['classes']}",
+        raise GalbenchError(f"the catalog's classes ({', '.join(catalog.classes)}) do not match the model's "
+                            f"({', '.join(meta['classes'])})",
                             where=str(input_path))
     if copy_images and catalog.images is None:
         raise GalbenchError("--copy-images needs a catalog with an IMAGES HDU", where=str(input_path))
@@ -335,9 +336,8 @@ class _Results:
 
 
 def _save_chunk(path: Path, chunk: dict[str, np.ndarray]) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **chunk)
-    tmp.rename(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **chunk)
 
 
 def _prepare_partial(partial: Path, manifest: dict, resume: bool) -> None:
