@@ -158,12 +158,15 @@ def test_an_unknown_model_is_caught_before_a_run_directory_exists(cli, tmp_path,
     suite = write_suite(tmp_path)
     suite.write_text(suite.read_text().replace('model = "alexnet-tiny"', 'model = "alexnet-tinny"'))
     _assert_one_line_error(cli("run", suite), "'variant.scratch.model': unknown model 'alexnet-tinny'",
-                           "did you mean 'alexnet-tiny'?", "timm:NAME")
+                           "did you mean alexnet-tiny", "timm:NAME")
     assert not (tmp_path / "reports").exists()
-    # any timm:NAME passes validation (whether timm has it is checked when the model is built)
+    # timm names are checked against timm's own list, still before anything is written
     from galbench.experiment.suite import load_suite
 
-    suite.write_text(suite.read_text().replace('model = "alexnet-tinny"', 'model = "timm:resnet18"'))
+    suite.write_text(suite.read_text().replace('model = "alexnet-tinny"', 'model = "timm:resnet1"'))
+    _assert_one_line_error(cli("run", suite), "timm has no model 'resnet1'", "timm:resnet18")
+    assert not (tmp_path / "reports").exists()
+    suite.write_text(suite.read_text().replace('model = "timm:resnet1"', 'model = "timm:resnet18"'))
     assert load_suite(suite)[0].variant[0].model == "timm:resnet18"
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from galbench.errors import GalbenchError
 from galbench.fileio import content_hash
-from galbench.models.registry import list_models
+from galbench.models.registry import check_model_name
 
 # suites shipped inside the package, runnable by name from any folder (`galbench run quickstart`)
 PACKAGED_SUITES = Path(__file__).resolve().parents[1] / "suites"
@@ -314,14 +314,10 @@ class Variant(_Strict):
     @field_validator("model")
     @classmethod
     def _model(cls, value):
-        # timm models are checked when built (timm may not be installed where the suite is written)
-        if re.fullmatch(r"timm:[A-Za-z0-9_.-]+", value):
-            return value
-        names = [entry.name for entry in list_models()]
-        if value not in names:
-            near = difflib.get_close_matches(value, names, n=1, cutoff=0.5)
-            hint = f"did you mean {near[0]!r}?" if near else f"registered: {', '.join(names)}"
-            raise ValueError(f"unknown model {value!r} ({hint} timm models are written timm:NAME)")
+        try:
+            check_model_name(value)  # caught here, before any run directory exists
+        except GalbenchError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("init")
