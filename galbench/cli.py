@@ -551,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "  cpu           32 x 64, galbench's recipe, 8 epochs, batch 128 (minutes on a CPU)\n"
                     "  fractaldb-1k  1,000 x 1,000, FractalDB's recipe, 90 epochs, batch 256 (Kataoka et al. 2020)",
         epilog="examples:\n  galbench pretrain fractal fractal.pt --classes 32 --per-class 64 --size 64 --model alexnet-small\n"
-               "  galbench pretrain fractal fdb1k.pt --preset fractaldb-1k --size 64 --device cuda")
+               "  galbench pretrain fractal fdb1k.pt --preset fractaldb-1k --size 64")
     fractal.add_argument("out", type=Path, help="output checkpoint (.pt)")
     fractal.add_argument("--preset", choices=["cpu", "fractaldb-1k"], default="cpu", help="default cpu")
     fractal.add_argument("--classes", type=_at_least(2), help="number of fractal classes (preset: 32 or 1000)")

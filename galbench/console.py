@@ -210,12 +210,12 @@ class RunDisplay:
             return
         self.runs_task = self.progress.add_task("runs", total=total, note="")
 
-    def start_run(self, variant: str, seed: int, epochs: int) -> None:
+    def start_run(self, variant: str, seed: int, epochs: float) -> None:
         self.run_label = f"{variant} seed {seed}"
         self.run_epochs, self.run_started, self.last_eval = epochs, time.monotonic(), None
         self.reached = "reached:"
         if self.plain:
-            self.plain.line(f"{self.run_label}: started ({epochs} epochs)")
+            self.plain.line(f"{self.run_label}: started ({epochs:.3g} epochs)")
             return
         if self.run_task is not None:
             self.progress.remove_task(self.run_task)

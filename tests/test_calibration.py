@@ -127,7 +127,7 @@ def test_cli_export_calibrates_on_the_runs_split_or_not_at_all(cli, finished_sui
     meta = read_metadata(tmp_path / "cal.onnx")
     calibration = json.loads(meta["calibration"])
     assert sum(calibration["reliability_before"]["count"]) == len(split["val"])
-    assert f"calibrated on {len(split['val'])} validation images" in stdout
+    assert f"calibrated on {len(split['val'])} validation images" in err
     code, _, err = cli("export", checkpoint, tmp_path / "raw.onnx", "--run", finished_suite, "--no-calibrate")
     assert code == 0, err
     raw = read_metadata(tmp_path / "raw.onnx")

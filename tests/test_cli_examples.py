@@ -67,6 +67,7 @@ FAST = {  # (command, sub-command) -> arguments appended
                        "--retries", "1"],
     ("pretrain", "fractal"): ["--classes", "2", "--per-class", "20", "--epochs", "1"],
     ("pretrain", "catalog"): ["--epochs", "1"],
+    ("pretrain", "ssl"): ["--epochs", "1", "--probes", "1", "--batch-size", "32"],
     ("run", None): FAST_RUN, ("report", None): [], ("export", None): ["--parity-images", "16"],
     ("classify", None): [], ("models", None): [], ("compare", None): [],
 }
@@ -119,12 +120,18 @@ def _prepare(argv: list[str], state: dict, request) -> list[str] | None:
     folder = state["folder"]
     if any(flag in argv for flag in SKIPPED):
         return None
-    argv = [part.replace("reports/quickstart/<run-id>", str(state["run_dir"]))
-                .replace("reports/quickstart/<hash>", str(state["run_dir"])) for part in argv]
+    argv = [re.sub(r"reports/\w+/<(run-id|hash)>", str(state["run_dir"]), part) for part in argv]
     argv = [str(REPO / part) if part.startswith("suites/") else part for part in argv]
     if "../shared/data/gz1-sdss" in argv:
         gz1 = request.getfixturevalue("gz1_small")
         argv[argv.index("../shared/data/gz1-sdss")] = str(gz1)
+    for name in ("survey.fits", "labelled.fits"):  # any labelled catalog of the quickstart's classes
+        if name in argv and not (folder / name).exists():
+            shutil.copy(folder / "sim.fits", folder / name)
+    if argv[0] == "export" and "best.pt" in argv and not (folder / "best.pt").exists():
+        shutil.copy(state["run_dir"] / "runs" / "scratch__seed0" / "best.pt", folder / "best.pt")
+    if argv[0] == "classify" and argv[1].endswith(".csv") and not (folder / argv[1]).exists():
+        _image_path_catalog(folder / "sim.fits", folder / argv[1])
     if argv[0] == "classify" and "--model" in argv:
         model = folder / argv[argv.index("--model") + 1]
         shutil.copy(state["run_dir"] / "export" / "winner.onnx", model)
@@ -134,6 +141,22 @@ def _prepare(argv: list[str], state: dict, request) -> list[str] | None:
     kind = _kind(argv)
     assert kind in FAST, f"no fast version of the example {shlex.join(argv)}: add one to FAST"
     return argv + FAST[kind]
+
+
+def _image_path_catalog(source: Path, out: Path, rows: int = 12) -> None:
+    """A CSV catalog of PNG cutouts (an image_path column), made from the first rows of a catalog file."""
+    from PIL import Image
+
+    from galbench.data.catalog import read_catalog
+
+    catalog = read_catalog(source)
+    (out.parent / "cutouts").mkdir(exist_ok=True)
+    paths = []
+    for row in range(rows):
+        path = f"cutouts/{catalog.table['objid'][row]}.png"
+        Image.fromarray(np.asarray(catalog.images[row]).transpose(1, 2, 0)).save(out.parent / path)
+        paths.append(path)
+    Table({"objid": catalog.table["objid"][:rows], "image_path": paths}).write(out, format="ascii.csv")
 
 
 def _run(argv: list[str], state: dict, request) -> None:

@@ -110,18 +110,18 @@ def test_a_synth_catalog_being_made_by_another_process_is_one_line(cli, tmp_path
 
 
 def test_a_pretraining_being_made_by_another_process_is_one_line(tmp_path):
-    from galbench.experiment.pretrain import _building
+    from galbench.fileio import cache_entry
 
     target = tmp_path / "fractal-abc.pt"
     holder = _holder(target.with_name(target.name + ".lock"))
     try:
         with pytest.raises(GalbenchError, match=f"cached pretraining is in use by galbench process {holder.pid}"):
-            with _building(target):
+            with cache_entry(target, "cached pretraining"):
                 pass
     finally:
         _kill(holder)
-    with _building(target) as missing:  # free again once the holder died
+    with cache_entry(target, "cached pretraining") as missing:  # free again once the holder died
         assert missing
         target.write_bytes(b"made")
-    with _building(target) as missing:  # made: no lock taken, nothing to do
+    with cache_entry(target, "cached pretraining") as missing:  # made: no lock taken, nothing to do
         assert not missing

@@ -30,7 +30,7 @@ def test_cli_int8_export_passes_the_gate_and_classifies(cli, finished_suite, tmp
     gate = json.loads(meta["quantization"])
     assert meta["precision"] == "int8" and gate["format"] == "QDQ"
     assert abs(gate["val_accuracy_int8"] - gate["val_accuracy_fp32"]) <= 0.005 and gate["argmax_agreement"] >= 0.99
-    assert "int8 on" in stdout
+    assert "int8 on" in err
     proto = onnx.load(str(out))
     ops = {node.op_type for node in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops

@@ -467,8 +467,8 @@ class Suite(_Strict):
             if train["evals"] is None:
                 train["evals_per_epoch"] = train["evals_per_epoch"] or DEFAULT_EVALS_PER_EPOCH
         # nor how often checkpoints are written
-        for train in (resolved["train"], *(variant["train"] for variant in resolved["variant"])):
-            train.pop("checkpoint_every", None)
+        for table in (train, *(variant["train"] for variant in resolved["variant"])):
+            table.pop("checkpoint_every", None)
         # keys added since, at the values that do what 0.2.0 did
         ssl_defaults = {key: PretrainedSection.model_fields[key].default for key in SSL_KEYS}
         as_before = [(resolved["suite"], {"threshold_metric": "accuracy", "train_sizes": None, "per_class": False}),
