@@ -184,3 +184,13 @@ def test_an_interrupted_run_of_the_previous_version_resumes(cli, tmp_path, monke
     assert any(e["event"] == "run_resume" and e["epoch"] == 1 and e["step"] == -(-events[0]["train_size"] // 16)
                for e in events)
     assert [e["epochs"] for e in events if e["event"] == "eval"] == [0.5, 1.0, 1.5, 2.0]
+
+
+def test_the_best_checkpoint_is_chosen_by_the_thresholds_metric(design_run):
+    """With balanced-accuracy thresholds, best.pt is the evaluation with the best balanced accuracy."""
+    _, results = design_run
+    for row in results:
+        best = max(point["val_balanced_accuracy"] for point in row["curve"])
+        assert row["best_val_score"] == row["best_val_balanced_accuracy"] == best
+        first = next(p for p in row["curve"] if p["val_balanced_accuracy"] == best)  # the first to reach it
+        assert row["best_val_accuracy"] == first["val_accuracy"]

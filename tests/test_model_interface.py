@@ -53,3 +53,25 @@ def test_a_vit_is_built_for_the_input_size_and_refuses_sizes_its_patches_do_not_
     with pytest.raises(GalbenchError, match="16 px patches; 72 px is not a multiple"):
         build_model("timm:vit_tiny_patch16_224", 3, 72)
     assert build_model("timm:resnet18", 3, 72)(torch.zeros(1, 3, 72, 72)).shape == (1, 3)
+
+
+def test_the_batch_norm_alexnet_exports_within_parity(tmp_path):
+    """alexnet-small-bn (the GZ1 recipe's model): batch norm after every convolution, exported like any model."""
+    import numpy as np
+
+    from galbench.inference.export import export_onnx
+    from galbench.models.weights import CHECKPOINT_FORMAT
+
+    torch.manual_seed(0)
+    model = build_model("alexnet-small-bn", 3, 64)
+    norms = [m for m in model.features if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 5 and all(m.bias is None for m in model.features if isinstance(m, torch.nn.Conv2d))
+    for norm in norms:  # statistics that are not the identity, so the export has something to get wrong
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+    checkpoint = {"format": CHECKPOINT_FORMAT, "model": "alexnet-small-bn", "classes": ["a", "b", "c"],
+                  "image_size": 64, "crop": 1.0, "state_dict": model.state_dict(), "meta": {}}
+    torch.save(checkpoint, tmp_path / "bn.pt")
+    images = np.random.default_rng(0).integers(0, 256, (8, 3, 64, 64), dtype=np.uint8)
+    meta = export_onnx(tmp_path / "bn.pt", tmp_path / "bn.onnx", images)  # raises if ONNX Runtime disagrees
+    assert float(meta["parity_max_abs_logit_difference"]) <= 1e-3 and meta["model"] == "alexnet-small-bn"

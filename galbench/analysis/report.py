@@ -747,8 +747,13 @@ def exported_run(report: SuiteReport, name: str) -> dict | None:
             if (row["variant"], row["seed"]) == (entry.get("variant"), entry.get("seed")) and \
                     entry.get("train_size_label") in (None, row.get("train_size_label")):
                 return row
-    candidates = [r for r in report.runs if r.get("best_val_accuracy") is not None and name in ("winner", r["variant"])]
-    return max(candidates, key=lambda r: r["best_val_accuracy"]) if candidates else None
+    candidates = [r for r in report.runs if _selection_score(r) is not None and name in ("winner", r["variant"])]
+    return max(candidates, key=_selection_score) if candidates else None
+
+
+def _selection_score(row: dict) -> float | None:
+    """What chose a run's best checkpoint (the thresholds' validation metric; accuracy in older runs)."""
+    return row.get("best_val_score", row.get("best_val_accuracy"))
 
 
 def winner(report: SuiteReport) -> dict | None:
@@ -1344,7 +1349,7 @@ def terminal_report(report: SuiteReport) -> list:
         parts.append(_rich_table(cost))
     best = winner(report)
     if best:
-        parts.append(Text(f"winner (chosen on validation accuracy {best['best_val_accuracy']:.3f}): "
+        parts.append(Text(f"winner (chosen on {report.threshold_metric} {_selection_score(best):.3f}): "
                           f"{_run_name(report, best)}, test accuracy {best['test_accuracy']:.3f}"))
     parts += [Text(note) for note in cost_notes(report)[1:] + report.analysis.notes]
     parts.append(Text(environment_line(report), style="dim"))

@@ -382,9 +382,9 @@ def export_winners(out: Path, results: list[dict], data: SuiteData) -> dict[str,
     best_by_variant = {}
     for result in finished:
         current = best_by_variant.get(result["variant"])
-        if current is None or result["best_val_accuracy"] > current["best_val_accuracy"]:
+        if current is None or result["best_val_score"] > current["best_val_score"]:
             best_by_variant[result["variant"]] = result
-    winner = max(best_by_variant.values(), key=lambda r: r["best_val_accuracy"])
+    winner = max(best_by_variant.values(), key=lambda r: r["best_val_score"])
     exported, record = {}, {}
     for name, result in [*best_by_variant.items(), ("winner", winner)]:
         target = out / "export" / f"{name}.onnx"

@@ -451,8 +451,11 @@ class Trainer:
                 reached = {**event, "event": "threshold_reached", "threshold": threshold}
                 self.log.append(reached)
                 self.on_event(reached)
-        if result.accuracy > self.best["val_accuracy"]:
-            self.best = {"val_accuracy": result.accuracy, "epoch": epochs}
+        # the best checkpoint is the best evaluation by the metric the thresholds are about
+        key = f"val_{spec.threshold_metric}"
+        if event[key] > self.best.get(key, -1.0):
+            self.best = {"val_accuracy": result.accuracy, "val_balanced_accuracy": result.balanced_accuracy,
+                         "epoch": epochs}
             self.best_unwritten = True
             self.best_checkpoint = cpu_copy(model_checkpoint(self.model, spec, {"val_accuracy": result.accuracy,
                                                                                 "epochs": epochs}))
@@ -553,7 +556,9 @@ def run(spec: RunSpec, train: SplitImages, val: SplitImages, test: SplitImages, 
     confusion = confusion_matrix(test.labels.cpu().numpy(), result.predicted.numpy(), len(spec.classes))
     log.append({"event": "run_stop", "status": "success", "test_accuracy": result.accuracy,
                 "test_balanced_accuracy": result.balanced_accuracy, "test_loss": round(result.loss, 6),
-                "best_val_accuracy": round(trainer.best["val_accuracy"], 6), "best_epochs": trainer.best["epoch"],
+                "best_val_accuracy": round(trainer.best["val_accuracy"], 6),
+                "best_val_balanced_accuracy": trainer.best.get("val_balanced_accuracy"),
+                "best_epochs": trainer.best["epoch"],
                 "confusion": confusion.tolist(), **per_class_scores(confusion),
                 "test_predictions": result.predicted.tolist(), "test_labels": test.labels.cpu().tolist(),
                 "test_rows": test.rows_in_catalog.tolist()})
@@ -584,6 +589,9 @@ def results_from_events(events: list[dict], thresholds: list[float]) -> dict:
         "pretrain_cost": start.get("pretrain_cost"), "shared_gpu": start.get("shared_gpu", False),
         "threshold_metric": metric, "finished": bool(stop),
         "final_val_accuracy": final.get("val_accuracy"), "best_val_accuracy": stop.get("best_val_accuracy"),
+        "best_val_balanced_accuracy": stop.get("best_val_balanced_accuracy"),
+        # what chose the run's best checkpoint, and chooses the exported winner: the thresholds' metric
+        "best_val_score": stop.get(f"best_val_{metric}", stop.get("best_val_accuracy")),
         "test_accuracy": stop.get("test_accuracy"), "test_balanced_accuracy": stop.get("test_balanced_accuracy"),
         "confusion": stop.get("confusion"), "precision": stop.get("precision"), "recall": stop.get("recall"),
         "test_predictions": stop.get("test_predictions"), "test_labels": stop.get("test_labels"),

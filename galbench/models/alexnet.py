@@ -39,18 +39,22 @@ class AlexNet(nn.Module):
     head_name = "classifier.6"
 
     def __init__(self, num_classes: int, channels=(64, 192, 384, 256, 256), hidden: int = 4096,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, batch_norm: bool = False):
         super().__init__()
         c1, c2, c3, c4, c5 = channels
+
+        def conv(inputs: int, outputs: int, **shape) -> list[nn.Module]:
+            # with batch norm (as VGG-BN): the norm follows the convolution, whose bias it makes redundant
+            if not batch_norm:
+                return [nn.Conv2d(inputs, outputs, **shape), nn.ReLU(inplace=True)]
+            return [nn.Conv2d(inputs, outputs, bias=False, **shape), nn.BatchNorm2d(outputs), nn.ReLU(inplace=True)]
+
         self.features = nn.Sequential(
-            nn.Conv2d(3, c1, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(c1, c2, kernel_size=5, padding=2), nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(c2, c3, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(c3, c4, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(c4, c5, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
+            *conv(3, c1, kernel_size=11, stride=4, padding=2), nn.MaxPool2d(kernel_size=3, stride=2),
+            *conv(c1, c2, kernel_size=5, padding=2), nn.MaxPool2d(kernel_size=3, stride=2),
+            *conv(c2, c3, kernel_size=3, padding=1),
+            *conv(c3, c4, kernel_size=3, padding=1),
+            *conv(c4, c5, kernel_size=3, padding=1), nn.MaxPool2d(kernel_size=3, stride=2),
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
@@ -103,6 +107,13 @@ def _alexnet_half(num_classes: int, image_size: int | None) -> nn.Module:
 def _alexnet_small(num_classes: int, image_size: int | None) -> nn.Module:
     _checked(image_size)
     return AlexNet(num_classes, (16, 48, 96, 64, 64), 256)
+
+
+@register_model("alexnet-small-bn", "alexnet-small with batch norm after each convolution (the GZ1 recipe); "
+                "its features.N indices differ from alexnet-small's", ModelFacts(815088, 256, 8212832, 109611872))
+def _alexnet_small_bn(num_classes: int, image_size: int | None) -> nn.Module:
+    _checked(image_size)
+    return AlexNet(num_classes, (16, 48, 96, 64, 64), 256, batch_norm=True)
 
 
 @register_model("alexnet-tiny", "AlexNet at 1/8 width, hidden 64: for tests and smoke runs",
