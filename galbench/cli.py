@@ -124,6 +124,9 @@ def _cmd_data_import(args) -> None:
     crop = _parse_crop(args.crop)
     labels_csv = Path(args.labels) if args.labels else source / "labels.csv"
     if source.suffix.lower() in (".h5", ".hdf5"):
+        if args.stretch is not None:
+            raise GalbenchError("--stretch is for FITS science images; Galaxy10 images are 8-bit already",
+                                where=str(source), fix="drop --stretch")
         catalog, report = importers.import_galaxy10(source, crop=crop, size=args.size)
     elif not source.is_dir():
         raise GalbenchError("not a folder or an HDF5 file", where=str(source))
@@ -133,10 +136,12 @@ def _cmd_data_import(args) -> None:
         with progress_bar("decoding images", total, unit="images") as advance:
             catalog, report = importers.import_folder_csv(
                 source, labels_csv, args.class_column, class_map, id_column=args.id_column, crop=crop,
-                size=args.size, strict=args.strict, progress=advance, workers=args.workers, dedupe=args.dedupe)
+                size=args.size, strict=args.strict, progress=advance, workers=args.workers, dedupe=args.dedupe,
+                stretch=args.stretch)
     else:
         catalog, report = importers.import_class_folders(source, crop=crop, size=args.size, strict=args.strict,
-                                                         workers=args.workers, dedupe=args.dedupe)
+                                                         workers=args.workers, dedupe=args.dedupe,
+                                                         stretch=args.stretch)
     write_catalog(args.out, catalog)
     err.print(f"wrote {report.kept} galaxies to {args.out}; dropped {report.unmapped} rows with unmapped "
               f"labels, {report.duplicates} repeated objids and {len(report.bad_images)} bad images")
@@ -314,7 +319,7 @@ def _cmd_export(args) -> None:
                                                 workers=1).images)
     meta = export_onnx(args.checkpoint, args.out, data.sample, fp16=args.fp16, val_images=data.val_images,
                        val_labels=data.val_labels, calibrate=not args.no_calibrate, tta=args.tta, int8=args.int8,
-                       int8_images=data.train_images, stretch=args.stretch, catalog_pixscale=data.pixscale)
+                       int8_images=data.train_images, stretch=args.stretch, catalog=data.catalog)
     err.print(f"wrote {args.out} ({meta['precision']}, {args.tta} view(s), + {Path(args.out).with_suffix('.pt').name});"
               f" parity on {meta['parity_images']} images: max |logit difference| "
               f"{meta['parity_max_abs_logit_difference']}, argmax agreement {meta['parity_argmax_agreement']}")
@@ -452,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Import images: a folder with a labels CSV (objid + class column; images in FOLDER or "
                     "FOLDER/images named <objid>.jpeg/.png/.fits; without --map every value of the class column "
                     "is a class), a folder with one sub-folder per class (when there is no labels CSV), or a "
-                    "Galaxy10 HDF5 file. 16-bit and float images are scaled from their own range to 8 bits.",
+                    "Galaxy10 HDF5 file. 16-bit and float PNGs are scaled from their own range to 8 bits; FITS "
+                    "science images by --stretch, their NaN pixels filled and counted (column filled_pixels).",
         epilog="example (the Galaxy Zoo 1 sample, 3 classes, 64 px from the central half):\n"
                "  galbench data import ../shared/data/gz1-sdss gz1.fits --class-column gz1_class \\\n"
                "      --map elliptical=0 --map spiral=1,2 --map edge-on=3 --crop 0.5 --size 64")
@@ -470,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--dedupe", choices=["first"],
                      help="keep the first row of each repeated objid (default: a repeated objid is an error)")
     imp.add_argument("--workers", type=_at_least(1), default=None, help="decoding threads (default: all cores)")
+    imp.add_argument("--stretch", help="how FITS science images become 8-bit colour: minmax (default), "
+                                       "percentile[:99.5], lupton[:q=8,stretch=0.5,minimum=0]; recorded in the "
+                                       "catalog (STRETCH), and by export in the model, so classify stretches alike")
     imp.set_defaults(handler=_cmd_data_import)
 
     sdss = data_commands.add_parser(
@@ -621,8 +630,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--int8", action="store_true",
                         help="ONNX Runtime static int8 (QDQ, per-channel weights) for CPU catalogs; fails unless "
                              "validation accuracy is within 0.5 points of fp32 and 99%% of argmaxes agree")
-    export.add_argument("--stretch", help="how FITS science images become 8-bit colour at classify, as at import: "
-                                          "minmax (default), percentile[:99.5], lupton[:q=8,stretch=0.5,minimum=0]")
+    export.add_argument("--stretch", help="how FITS science images become 8-bit colour at classify: taken from the "
+                                          "--run/--data catalog (its STRETCH), and refused if it differs from that; "
+                                          "without a catalog minmax (default), percentile[:99.5] or "
+                                          "lupton[:q=8,stretch=0.5,minimum=0]")
     export.add_argument("--fp16", action="store_true",
                         help="half-precision weights (uint8 in, float32 out; needs galbench[fp16]); parity is then "
                              "checked to 0.05 in the logits and 99%% argmax agreement")

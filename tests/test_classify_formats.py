@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -195,10 +196,11 @@ def test_stretches_follow_astropy_and_travel_in_the_metadata(finished_suite, sui
             parse_stretch(bad)
     out = tmp_path / "lupton.onnx"
     meta = export_onnx(finished_suite / "runs" / "scratch__seed0" / "best.pt", out,
-                       np.asarray(suite_catalog.images[:8]), stretch="lupton:q=10,stretch=2",
-                       catalog_pixscale=0.396)
+                       np.asarray(suite_catalog.images[:8]), catalog=replace(suite_catalog, pixscale=0.396,
+                                                                             stretch="lupton:q=10,stretch=2"))
     read = read_metadata(out)
-    assert read["stretch"] == lupton and meta["resampling"] == "lanczos"
+    assert read["stretch"] == lupton and json.loads(meta["stretch"]) == lupton
+    assert read["resampling"]["import_filter"] == "lanczos" and read["resampling"]["import_crop"] is None
     assert float(read["input_pixscale_arcsec"]) == pytest.approx(0.396)  # 64 px catalog, crop 1, 64 px input
 
 
@@ -207,7 +209,7 @@ def test_fetch_uses_the_models_pixel_scale(monkeypatch, finished_suite, suite_ca
 
     model = tmp_path / "scaled.onnx"
     export_onnx(finished_suite / "runs" / "scratch__seed0" / "best.pt", model, np.asarray(suite_catalog.images[:8]),
-                catalog_pixscale=0.25)
+                catalog=replace(suite_catalog, pixscale=0.25))
     asked = []
 
     def fake_fetch(ra, dec, scale, spec, **kwargs):

@@ -129,8 +129,8 @@ def test_16_bit_greyscale_png_is_scaled_by_its_own_range(tmp_path):
     path = tmp_path / "deep.png"
     Image.fromarray(values).save(path)
     assert Image.open(path).mode.startswith("I")
-    image = load_image(path)
-    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    image, filled = load_image(path)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8 and filled == 0
     expected = np.round((values - 1000.0) / 39000.0 * 255).astype(np.uint8)  # hand computation
     np.testing.assert_array_equal(image[..., 0], expected)
     assert (image == 255).mean() < 0.01 and image.min() == 0

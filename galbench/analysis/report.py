@@ -44,6 +44,7 @@ def catalog_info_table(catalog: Catalog) -> RichTable:
         table.add_row("bands", catalog.bands)
         table.add_row("pixel scale", f"{catalog.pixscale:.3f} arcsec/pixel" if catalog.pixscale else "not given")
         table.add_row("source", catalog.source or "not given")
+        table.add_row("FITS stretch", catalog.stretch)
     else:
         table.add_row("IMAGES", "none (catalog only)")
     for column in ("ra", "dec"):

@@ -6,7 +6,10 @@ Layout (documented in the README):
   ``ra``/``dec`` (deg) and ``label`` (int16, -1 = unknown) are optional; any other column is carried
   through untouched. Header ``CLASSES`` names the classes, comma-separated, index = label.
 - HDU ``IMAGES``: uint8 cube (N, 3, H, W), rows aligned with ``CATALOG``; header ``BANDS``,
-  ``PIXSCALE`` (arcsec/pixel) and ``SOURCE``.
+  ``PIXSCALE`` (arcsec/pixel), ``SOURCE``, ``STRETCH`` (the canonical stretch spec that made 8-bit colour of
+  FITS science images, `galbench.data.stretch`; absent reads as ``minmax``) and, for imported images, the
+  import's centre crop ``IMPCROP`` (fraction of the side if <= 1, else pixels) and resize ``IMPSIZE``
+  (pixels), so image files can be prepared later exactly as the import prepared them.
 
 Reading is lazy: the image cube is a memory map, so opening a 10 GB file reads only its headers.
 """
@@ -24,6 +27,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
+from galbench.data.stretch import format_stretch, parse_stretch
 from galbench.errors import GalbenchError
 from galbench.fileio import atomic_path
 
@@ -41,6 +45,9 @@ class Catalog:
     pixscale: float | None = None
     source: str = ""
     path: Path | None = field(default=None, compare=False)
+    stretch: str = "minmax"  # canonical spec (galbench.data.stretch.format_stretch)
+    import_crop: float | int | None = None  # the import's centre crop: fraction of the side if <= 1, else pixels
+    import_size: int | None = None  # the import's resize, pixels per side
 
     def __len__(self) -> int:
         return len(self.table)
@@ -153,7 +160,7 @@ def read_catalog(path: str | os.PathLike, require_images: bool = True) -> Catalo
     if not classes:
         raise _fail(path, "CATALOG", "header has no CLASSES key", "add CLASSES = 'name0,name1,...'")
     images = None
-    bands, pixscale, source = "i,r,g", None, ""
+    bands, pixscale, source, preparation = "i,r,g", None, "", {}
     if "IMAGES" in names:
         img_hdu = hdul["IMAGES"]
         if not isinstance(img_hdu, fits.ImageHDU):
@@ -174,13 +181,28 @@ def read_catalog(path: str | os.PathLike, require_images: bool = True) -> Catalo
         bands = str(img_hdu.header.get("BANDS", bands))
         pixscale = img_hdu.header.get("PIXSCALE")
         source = str(img_hdu.header.get("SOURCE", ""))
+        preparation = _read_preparation(img_hdu.header, path)
     elif require_images:
         raise _fail(path, None, f"no IMAGES HDU (found {', '.join(names)})",
                     "this command needs the images; only catalogs with an IMAGES HDU can be used")
     catalog = Catalog(table=table, classes=classes, images=images, bands=bands,
-                      pixscale=float(pixscale) if pixscale is not None else None, source=source, path=path)
+                      pixscale=float(pixscale) if pixscale is not None else None, source=source, path=path,
+                      **preparation)
     validate(catalog, path)
     return catalog
+
+
+def _read_preparation(header: fits.Header, path: Path) -> dict:
+    """STRETCH (canonical; minmax where absent, as catalogs written before it were), IMPCROP and IMPSIZE."""
+    try:
+        stretch = format_stretch(parse_stretch(str(header.get("STRETCH", "minmax"))))
+    except GalbenchError as exc:
+        raise _fail(path, "IMAGES", f"bad STRETCH header: {exc.what}") from None
+    crop, size = header.get("IMPCROP"), header.get("IMPSIZE")
+    if not all(value is None or isinstance(value, int | float) for value in (crop, size)):
+        raise _fail(path, "IMAGES", f"IMPCROP and IMPSIZE must be numbers (found {crop!r}, {size!r})")
+    return {"stretch": stretch, "import_crop": None if crop is None else float(crop) if crop <= 1 else int(crop),
+            "import_size": None if size is None else int(size)}
 
 
 def write_catalog(path: str | os.PathLike, catalog: Catalog, include_images: bool = True) -> Path:
@@ -202,6 +224,11 @@ def write_catalog(path: str | os.PathLike, catalog: Catalog, include_images: boo
         if catalog.pixscale is not None:
             img_hdu.header["PIXSCALE"] = (float(catalog.pixscale), "arcsec/pixel")
         img_hdu.header["SOURCE"] = catalog.source
+        img_hdu.header["STRETCH"] = catalog.stretch  # no comment: a long spec would leave no room for one
+        if catalog.import_crop is not None:
+            img_hdu.header["IMPCROP"] = (catalog.import_crop, "import crop: fraction of side, or pixels")
+        if catalog.import_size is not None:
+            img_hdu.header["IMPSIZE"] = (int(catalog.import_size), "import resize (Lanczos), pixels")
         hdus.append(img_hdu)
     with atomic_path(path) as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
@@ -260,7 +287,8 @@ def catalog_summary(catalog: Catalog) -> dict:
     if catalog.images is not None:
         summary["images"] = {"shape": list(catalog.images.shape), "dtype": str(catalog.images.dtype),
                              "bands": catalog.bands.split(","), "pixscale_arcsec": catalog.pixscale,
-                             "source": catalog.source}
+                             "source": catalog.source, "stretch": catalog.stretch,
+                             "import_crop": catalog.import_crop, "import_size": catalog.import_size}
     return summary
 
 

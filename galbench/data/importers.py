@@ -15,6 +15,7 @@ from astropy.table import Table
 from PIL import Image, UnidentifiedImageError
 
 from galbench.data.catalog import Catalog
+from galbench.data.stretch import format_stretch, load_fits_image, parse_stretch
 from galbench.errors import GalbenchError
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".fits", ".fit")
@@ -67,23 +68,22 @@ def crop_and_resize(image: np.ndarray, crop: float | int | None, size: int | Non
     return image
 
 
-def load_image(path: Path, stretch: dict | None = None) -> np.ndarray:
-    """Decode a JPEG, PNG or FITS image into (H, W, 3) uint8; raise ValueError if it is unusable.
+def load_image(path: Path, stretch: dict | None = None) -> tuple[np.ndarray, int]:
+    """Decode a JPEG, PNG or FITS image into (H, W, 3) uint8, and count its filled pixels; raise ValueError if
+    it is unusable.
 
     FITS images go through `galbench.data.stretch` (`stretch`: a parsed spec, default minmax), which fills
-    non-finite pixels rather than refusing the image.
+    non-finite pixels (the count returned; 0 for other formats) rather than refusing the image.
     """
     if path.suffix.lower() in (".fits", ".fit"):
-        from galbench.data.stretch import load_fits_image
-
-        return load_fits_image(path, stretch)[0]
+        return load_fits_image(path, stretch)
     try:
         with Image.open(path) as img:
             img.load()
             if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
                 # 16-bit or float greyscale: PIL's conversion to 8 bits clips at 255 instead of scaling
-                return _stretch_to_uint8(np.repeat(np.asarray(img)[..., None], 3, axis=2), "image")
-            return np.asarray(img.convert("RGB"))
+                return _stretch_to_uint8(np.repeat(np.asarray(img)[..., None], 3, axis=2), "image"), 0
+            return np.asarray(img.convert("RGB")), 0
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"cannot decode image ({exc})") from None
 
@@ -99,19 +99,20 @@ def _stretch_to_uint8(data: np.ndarray, what: str) -> np.ndarray:
     return ((data - low) / (high - low or 1.0) * 255).round().astype(np.uint8)
 
 
-def _decode_all(paths: list[Path], crop, size, strict: bool, report: ImportReport,
+def _decode_all(paths: list[Path], crop, size, stretch: dict, strict: bool, report: ImportReport,
                 progress: Callable[[int], None] | None, workers: int | None):
-    """Decode images in parallel threads; return the kept indices and their stacked images."""
+    """Decode images in parallel threads; return the kept indices, their stacked images and filled pixels."""
 
     def decode(path: Path):
         try:
-            return crop_and_resize(load_image(path), crop, size), None
+            image, filled = load_image(path, stretch)
+            return crop_and_resize(image, crop, size), filled, None
         except (ValueError, OSError) as exc:
-            return None, str(exc)
+            return None, 0, str(exc)
 
-    images, kept = [], []
+    images, kept, filled_pixels = [], [], []
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for index, (image, error) in enumerate(pool.map(decode, paths)):
+        for index, (image, filled, error) in enumerate(pool.map(decode, paths)):
             if progress:
                 progress(1)
             if error is not None:
@@ -127,9 +128,20 @@ def _decode_all(paths: list[Path], crop, size, strict: bool, report: ImportRepor
                 continue
             images.append(image)
             kept.append(index)
+            filled_pixels.append(filled)
     if not images:
         raise GalbenchError("no image could be imported", fix="check the folder and the --map classes")
-    return np.asarray(kept), np.stack(images).transpose(0, 3, 1, 2).copy()
+    return np.asarray(kept), np.stack(images).transpose(0, 3, 1, 2).copy(), np.asarray(filled_pixels, np.int32)
+
+
+def _imported_catalog(table: Table, paths: list[Path], filled_pixels: np.ndarray, classes: list[str], crop, size,
+                      stretch: dict, **fields) -> Catalog:
+    """The catalog of decoded images: `filled_pixels` where any FITS image was read, and the import's
+    preparation (stretch, crop, size) recorded so that image files can later be prepared alike."""
+    if any(path.suffix.lower() in (".fits", ".fit") for path in paths):
+        table["filled_pixels"] = filled_pixels  # non-finite FITS pixel values filled before stretching
+    return Catalog(table=table, classes=classes, stretch=format_stretch(stretch), import_crop=crop or None,
+                   import_size=size, **fields)
 
 
 def _find_image(folder: Path, stem: str) -> Path | None:
@@ -192,11 +204,13 @@ def check_duplicates(objids: list[str], labels: list[int], where: str, dedupe: s
 
 def import_folder_csv(folder: str | os.PathLike, labels_csv: str | os.PathLike | None, class_column: str,
                       class_map: dict[str, list[str]] | None, id_column: str = "objid", crop=None, size=None,
-                      strict: bool = False, progress=None, workers=None,
-                      dedupe: str | None = None) -> tuple[Catalog, ImportReport]:
+                      strict: bool = False, progress=None, workers=None, dedupe: str | None = None,
+                      stretch: str | None = None) -> tuple[Catalog, ImportReport]:
     """Import `folder/<objid>.<ext>` images labelled by a CSV (the gz1-sdss layout).
 
-    Without a class map every distinct value of the class column is a class."""
+    Without a class map every distinct value of the class column is a class. `stretch` (a `--stretch` spec,
+    default minmax) makes 8-bit colour of FITS science images."""
+    parsed = parse_stretch(stretch)
     folder = Path(folder)
     csv_path = Path(labels_csv) if labels_csv else folder / "labels.csv"
     rows = read_labels_csv(csv_path, (id_column, class_column))
@@ -227,20 +241,24 @@ def import_folder_csv(folder: str | os.PathLike, labels_csv: str | os.PathLike |
         extra.append(source_label)
     if progress:  # rows dropped before decoding count as done, so the bar over all CSV rows completes
         progress(report.unmapped + report.duplicates + len(report.bad_images))
-    kept, images = _decode_all(paths, crop, size, strict, report, progress, workers)
+    kept, images, filled = _decode_all(paths, crop, size, parsed, strict, report, progress, workers)
     table = Table()
     table["objid"] = _objid_column([objids[k] for k in kept])
     table["label"] = np.asarray(labels, dtype=np.int16)[kept]
     table["source_label"] = np.asarray(extra)[kept]
     report.kept = len(kept)
     source = f"galbench import {folder.name} ({class_column})"
-    return Catalog(table=table, classes=list(class_map), images=images, bands="i,r,g", source=source), report
+    catalog = _imported_catalog(table, [paths[k] for k in kept], filled, list(class_map), crop, size, parsed,
+                                images=images, bands="i,r,g", source=source)
+    return catalog, report
 
 
 def import_class_folders(folder: str | os.PathLike, crop=None, size=None, strict=False, progress=None,
-                         workers=None, dedupe: str | None = None) -> tuple[Catalog, ImportReport]:
+                         workers=None, dedupe: str | None = None,
+                         stretch: str | None = None) -> tuple[Catalog, ImportReport]:
     """Import a folder with one sub-folder per class (the sub-folder's name is the class name; the file's
-    name without its suffix is the objid)."""
+    name without its suffix is the objid); `stretch` as for `import_folder_csv`."""
+    parsed = parse_stretch(stretch)
     folder = Path(folder)
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir())
     if not class_dirs:
@@ -256,13 +274,14 @@ def import_class_folders(folder: str | os.PathLike, crop=None, size=None, strict
     keep = check_duplicates([path.stem for path in paths], labels, str(folder), dedupe)
     report.duplicates = len(paths) - len(keep)
     paths, labels = [paths[k] for k in keep], [labels[k] for k in keep]
-    kept, images = _decode_all(paths, crop, size, strict, report, progress, workers)
+    kept, images, filled = _decode_all(paths, crop, size, parsed, strict, report, progress, workers)
     table = Table()
     table["objid"] = _objid_column([paths[k].stem for k in kept])
     table["label"] = np.asarray(labels, dtype=np.int16)[kept]
     report.kept = len(kept)
-    return Catalog(table=table, classes=[d.name for d in class_dirs], images=images,
-                   source=f"galbench import {folder.name} (class folders)"), report
+    catalog = _imported_catalog(table, [paths[k] for k in kept], filled, [d.name for d in class_dirs], crop, size,
+                                parsed, images=images, source=f"galbench import {folder.name} (class folders)")
+    return catalog, report
 
 
 def import_galaxy10(path: str | os.PathLike, crop=None, size=None) -> tuple[Catalog, ImportReport]:
@@ -287,7 +306,8 @@ def import_galaxy10(path: str | os.PathLike, crop=None, size=None) -> tuple[Cata
             if key in handle:
                 table[key] = np.asarray(handle[key], dtype=float)
     catalog = Catalog(table=table, classes=list(GALAXY10_CLASSES), images=images.transpose(0, 3, 1, 2).copy(),
-                      bands="g,r,z", source=f"galbench import {path.name} (Galaxy10)")
+                      bands="g,r,z", source=f"galbench import {path.name} (Galaxy10)", import_crop=crop or None,
+                      import_size=size)
     return catalog, ImportReport(kept=len(table))
 
 

@@ -9,6 +9,9 @@ A stretch spec is a string (`--stretch`), parsed into a JSON-able dict that trav
   (astropy.visualization.make_lupton_rgb; defaults Q=8, stretch=0.5, minimum=0), bands in the file's
   order mapped to R, G, B.
 
+`format_stretch` writes a parsed spec back as its canonical string (every parameter given), the form a
+catalog's `STRETCH` header holds.
+
 Non-finite pixels (NaN, inf: masked or missing data) are filled with the median of the finite pixels of
 their band before stretching, and counted; an image with a band that has no finite pixel is unusable.
 """
@@ -45,6 +48,20 @@ def parse_stretch(spec: str | None) -> dict:
     if kind == "percentile" and not 0 < result["percent"] <= 100:
         raise GalbenchError("the percentile stretch keeps between 0 and 100 per cent", where="--stretch")
     return result
+
+
+def format_stretch(stretch: dict) -> str:
+    """The canonical spec string of a parsed stretch: `parse_stretch(format_stretch(s)) == s`."""
+    kind = stretch["kind"]
+    if kind == "percentile":
+        return f"percentile:{_number(stretch['percent'])}"
+    parameters = ",".join(f"{key}={_number(stretch[key])}" for key in DEFAULTS[kind])
+    return f"{kind}:{parameters}" if parameters else kind
+
+
+def _number(value: float) -> str:
+    """The shortest text that reads back as the same float, without a trailing '.0'."""
+    return repr(float(value)).removesuffix(".0")
 
 
 def fill_non_finite(bands: np.ndarray) -> tuple[np.ndarray, int]:

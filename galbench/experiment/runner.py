@@ -394,7 +394,7 @@ def export_winners(out: Path, results: list[dict], data: SuiteData) -> dict[str,
                             "best_val_accuracy": result["best_val_accuracy"],
                             "test_accuracy": result["test_accuracy"]},
                            val_images=data.catalog.images[val_rows], val_labels=data.labels[val_rows],
-                           catalog_pixscale=data.catalog.pixscale)
+                           catalog=data.catalog)
         exported[name] = target
         record[name] = {"variant": result["variant"], "seed": result["seed"], "run": result["run"],
                         "train_size_label": result.get("train_size_label"),

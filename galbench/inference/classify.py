@@ -133,7 +133,12 @@ def choose_backend(name: str, model_path: Path, meta: dict, batch_size: int, out
 
 @dataclass
 class _Source:
-    """Where images come from: the IMAGES cube, or a column of image paths relative to the catalog."""
+    """Where images come from: the IMAGES cube, or a column of image paths relative to the catalog.
+
+    An image file is prepared as its training image was: stretched (FITS) and cropped and resized (Lanczos)
+    as `galbench data import` did (`resampling`'s import_crop and import_size; neither for fetched cutouts,
+    which are fetched at the model's input scale), then cropped and resized as every catalog image is.
+    """
 
     catalog: InputCatalog
     size: int
@@ -141,6 +146,8 @@ class _Source:
     path_column: str | None
     skip_bad: bool
     stretch: dict
+    import_crop: float | int | None = None
+    import_size: int | None = None
 
     def batch(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Prepared uint8 images of rows [start, stop), a mask of unreadable rows, filled pixels per row."""
@@ -154,7 +161,6 @@ class _Source:
                 return rows, np.zeros(stop - start, bool), filled
             return prepare_images(np.asarray(rows), self.crop, self.size).numpy(), np.zeros(stop - start, bool), filled
         from galbench.data.importers import crop_and_resize, load_image
-        from galbench.data.stretch import load_fits_image
 
         images = np.zeros((stop - start, 3, self.size, self.size), np.uint8)
         bad = np.zeros(stop - start, bool)
@@ -162,13 +168,9 @@ class _Source:
         for offset, row in enumerate(range(start, stop)):
             path = base / str(self.catalog.table[self.path_column][row])
             try:
-                if path.suffix.lower() in (".fits", ".fit"):
-                    image, filled[offset] = load_fits_image(path, self.stretch)
-                else:
-                    image = load_image(path)
-                # the import's resampling rule (PIL Lanczos), so classified files match imported ones
-                images[offset] = crop_and_resize(image, self.crop if self.crop < 1 else None,
-                                                 self.size).transpose(2, 0, 1)
+                image, filled[offset] = load_image(path, self.stretch)
+                imported = crop_and_resize(image, self.import_crop, self.import_size).transpose(2, 0, 1)
+                images[offset] = prepare_images(imported[None], self.crop, self.size)[0].numpy()
             except (ValueError, OSError) as exc:
                 if not self.skip_bad:
                     raise GalbenchError(f"{self.catalog.row_name(row)}: {exc}", where=str(path),
@@ -252,7 +254,9 @@ def classify(input_path: str | Path, model: str | Path | None = None, run: str |
     if executor == "ray" and backend == "torch":
         raise GalbenchError("the Ray executor classifies with ONNX Runtime", fix="use --backend auto or onnxruntime")
     engine = choose_backend("onnxruntime" if executor == "ray" else backend, model_path, meta, batch_size, outputs)
-    source = _Source(catalog, meta["input_size"], meta["crop"], path_column, skip_bad, meta["stretch"])
+    imported = {} if fetched_column else meta["resampling"]  # fetched cutouts come at the input's scale already
+    source = _Source(catalog, meta["input_size"], meta["crop"], path_column, skip_bad, meta["stretch"],
+                     imported.get("import_crop"), imported.get("import_size"))
     n_rows = len(catalog)
     model_sha256 = file_sha256(model_path)
     partial = Path(str(out) + ".partial") if out else None

@@ -9,10 +9,12 @@ dimension is dynamic. Its outputs:
 - `embeddings` (N, D): the penultimate-layer vector (`forward_head(..., pre_logits=True)`), view-averaged;
 - `agreement` (N,): the fraction of views whose argmax equals the averaged prediction (1 with one view).
 
-Its metadata carries the class names, input size, centre-crop rule, normalisation, science-image stretch,
-input pixel scale, galbench version, suite, variant, run, seed, the checkpoint's SHA-256, the temperature
-and calibration figures, the view count, the parity figures, and `weights_sha256`: the SHA-256 of the
-serialised graph (weights included, metadata excluded), verified whenever the model is read.
+Its metadata carries the class names, input size, centre-crop rule, normalisation, science-image stretch
+(the training catalog's `STRETCH`), the rule that makes image files into inputs (`resampling`: the import's
+crop and size, Lanczos, then the model's crop and size, bilinear), input pixel scale, galbench version,
+suite, variant, run, seed, the checkpoint's SHA-256, the temperature and calibration figures, the view
+count, the parity figures, and `weights_sha256`: the SHA-256 of the serialised graph (weights included,
+metadata excluded), verified whenever the model is read.
 The checkpoint is copied beside the ONNX file (same name, `.pt`) for the torch backend of `classify`.
 """
 
@@ -30,7 +32,8 @@ import torch
 from torch import nn
 
 from galbench import __version__
-from galbench.data.stretch import parse_stretch
+from galbench.data.catalog import Catalog
+from galbench.data.stretch import format_stretch, parse_stretch
 from galbench.data.tensors import Normalizer, prepare_images
 from galbench.errors import GalbenchError
 from galbench.fileio import atomic_path, file_sha256
@@ -44,7 +47,7 @@ FP16_MAX_LOGIT_DIFFERENCE, FP16_MIN_AGREEMENT = 0.05, 0.99  # half precision rou
 OPSET = 17
 OUTPUTS = ("logits", "probabilities", "embeddings", "agreement")
 FORWARD_BATCH = 256
-RESAMPLING = "lanczos"  # image files at classify are cropped and resized as `galbench data import` does
+IMPORT_FILTER, INPUT_FILTER = "lanczos", "bilinear, antialiased"  # crop_and_resize's and prepare_images'
 
 
 class DeployedClassifier(nn.Module):
@@ -150,13 +153,14 @@ def _labelled(images, labels, what: str) -> tuple[np.ndarray, np.ndarray]:
 def export_onnx(checkpoint_path: Path, out: Path, sample_images: np.ndarray, extra_meta: dict | None = None,
                 fp16: bool = False, *, val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None,
                 calibrate: bool = True, tta: int = 1, int8: bool = False, int8_images: np.ndarray | None = None,
-                stretch: str | None = None, catalog_pixscale: float | None = None) -> dict:
+                stretch: str | None = None, catalog: Catalog | None = None) -> dict:
     """Export a checkpoint to ONNX, check it (onnx.checker, then ONNX Runtime against PyTorch), return metadata.
 
     `val_images`/`val_labels` (the run's validation split, raw catalog images and the checkpoint's class
     indices) fit the temperature when `calibrate`, and gate the int8 model; `int8_images` (training images)
-    set the int8 activation ranges. `tta` is 1, 4 or 8 views. `stretch` (a `--stretch` spec) and
-    `catalog_pixscale` (arcsec/pixel of the catalog images) are recorded for classify.
+    set the int8 activation ranges. `tta` is 1, 4 or 8 views. From `catalog` (the training catalog) the
+    metadata records for classify its stretch, its import's crop and size, and its pixel scale; `stretch`
+    (a `--stretch` spec) is needed only without a catalog, and refused where it contradicts the catalog's.
     """
     import onnxruntime as ort
 
@@ -175,14 +179,17 @@ def export_onnx(checkpoint_path: Path, out: Path, sample_images: np.ndarray, ext
         "model": checkpoint["model"], "checkpoint_sha256": file_sha256(checkpoint_path),
         "outputs": json.dumps(list(OUTPUTS)), "tta_views": str(tta),
         "embedding_size": str(embedding_size(deployed.model)),
-        "stretch": json.dumps(parse_stretch(stretch)), "resampling": RESAMPLING,
+        "stretch": json.dumps(chosen_stretch(stretch, catalog)),
+        "resampling": json.dumps({"import_crop": catalog.import_crop if catalog else None,
+                                  "import_size": catalog.import_size if catalog else None,
+                                  "import_filter": IMPORT_FILTER, "input_filter": INPUT_FILTER}),
         **{k: str(v) for k, v in checkpoint.get("meta", {}).items() if k in ("suite", "variant", "seed", "init")},
         **{k: str(v) for k, v in (extra_meta or {}).items()},
     }
-    if catalog_pixscale is not None:
+    if catalog is not None and catalog.pixscale is not None:
         # the model sees crop * side catalog pixels resampled to `size`: its input's pixel scale
         side = np.asarray(sample_images).shape[-1]
-        meta["input_pixscale_arcsec"] = f"{catalog_pixscale * side * crop / size:.6g}"
+        meta["input_pixscale_arcsec"] = f"{catalog.pixscale * side * crop / size:.6g}"
     val = None
     if val_images is not None and val_labels is not None:
         val_raw, labels = _labelled(val_images, val_labels, "validation split")
@@ -228,6 +235,22 @@ def export_onnx(checkpoint_path: Path, out: Path, sample_images: np.ndarray, ext
     return meta
 
 
+def chosen_stretch(given: str | None, catalog: Catalog | None) -> dict:
+    """The stretch a model records: its training catalog's, else `given` (a spec), else minmax.
+
+    A `given` stretch that differs from the catalog's is refused: the model would stretch FITS files at
+    classify unlike the images it was trained on.
+    """
+    if catalog is None:
+        return parse_stretch(given)
+    recorded = parse_stretch(catalog.stretch)
+    if given is not None and parse_stretch(given) != recorded:
+        raise GalbenchError(f"--stretch {format_stretch(parse_stretch(given))} contradicts the training catalog's "
+                            f"stretch {catalog.stretch} (its STRETCH header)", where=str(catalog.path or "catalog"),
+                            fix="drop --stretch: the model records the catalog's")
+    return recorded
+
+
 def _parity(session, deployed: DeployedClassifier, images: torch.Tensor, fp16: bool, out: Path) -> dict:
     """Compare ONNX Runtime with the plain model's forward on each view; raise on disagreement."""
     got = dict(zip(OUTPUTS, session.run(list(OUTPUTS), {"images": images.numpy()}), strict=True))
@@ -248,6 +271,15 @@ def _parity(session, deployed: DeployedClassifier, images: torch.Tensor, fp16: b
                             where=str(out))
     return {"parity_max_abs_logit_difference": f"{difference:.3g}", "parity_argmax_agreement": f"{agreement:.4f}",
             "parity_images": str(len(images))}
+
+
+def _resampling(recorded: str | None, input_size: int, crop: float) -> dict:
+    """The recorded rule for image files; for models exported before it was recorded, the rule they followed
+    (files resized straight to the input size, Lanczos), as nearly as the two-stage rule allows."""
+    if recorded and recorded.startswith("{"):
+        return json.loads(recorded)
+    return {"import_crop": None, "import_size": round(input_size / crop), "import_filter": IMPORT_FILTER,
+            "input_filter": INPUT_FILTER}
 
 
 def read_metadata(path: Path) -> dict:
@@ -274,5 +306,6 @@ def read_metadata(path: Path) -> dict:
     meta["tta_views"] = int(meta.get("tta_views", 1))
     meta["temperature"] = float(meta.get("temperature", 1.0))
     meta["stretch"] = json.loads(meta["stretch"]) if "stretch" in meta else parse_stretch(None)
+    meta["resampling"] = _resampling(meta.get("resampling"), meta["input_size"], meta["crop"])
     meta["outputs"] = json.loads(meta.get("outputs", '["logits", "probabilities"]'))
     return meta

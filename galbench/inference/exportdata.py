@@ -16,13 +16,14 @@ from galbench.errors import GalbenchError
 
 @dataclass
 class ExportData:
-    """Raw catalog images (uint8 N, 3, H, W) and labels in the checkpoint's class order."""
+    """Raw catalog images (uint8 N, 3, H, W) and labels in the checkpoint's class order, and the catalog
+    (its stretch, import crop and size, and pixel scale go into the model's metadata)."""
 
     sample: np.ndarray
     val_images: np.ndarray | None = None
     val_labels: np.ndarray | None = None
     train_images: np.ndarray | None = None
-    pixscale: float | None = None
+    catalog: Catalog | None = None
 
 
 def run_catalog(run_dir: Path) -> tuple[Catalog, np.ndarray, dict]:
@@ -48,7 +49,7 @@ def from_run(run_dir: Path, classes: list[str], parity_images: int) -> ExportDat
     val, train = np.asarray(split["val"]), np.asarray(split["train"])
     val_images = np.asarray(catalog.images[val])
     return ExportData(val_images[:parity_images], val_images, labels[val], np.asarray(catalog.images[train]),
-                      catalog.pixscale)
+                      catalog)
 
 
 def from_catalog(path: Path, classes: list[str], parity_images: int) -> ExportData:
@@ -56,7 +57,7 @@ def from_catalog(path: Path, classes: list[str], parity_images: int) -> ExportDa
     catalog = read_catalog(path)
     labelled = np.flatnonzero(catalog.labels >= 0)
     data = ExportData(np.asarray(catalog.images[:parity_images]), train_images=np.asarray(catalog.images),
-                      pixscale=catalog.pixscale)
+                      catalog=catalog)
     if labelled.size and catalog.classes == classes:
         data.val_images, data.val_labels = np.asarray(catalog.images[labelled]), catalog.labels[labelled]
     return data
