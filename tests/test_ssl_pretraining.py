@@ -21,7 +21,7 @@ from galbench.experiment.ssl import (  # noqa: E402
     probe_epochs,
     ssl_flops_per_image,
 )
-from galbench.models.registry import build_model, register_model  # noqa: E402
+from galbench.models.registry import build_model  # noqa: E402
 from galbench.models.weights import load_backbone, load_checkpoint  # noqa: E402
 from tests.conftest import make_catalog  # noqa: E402
 
@@ -157,15 +157,8 @@ def test_the_encoder_loads_into_the_fine_tuning_model(model_name, tmp_path):
 
 
 def test_a_timm_model_pretrains_and_transfers_through_the_interface(tmp_path):
-    timm = pytest.importorskip("timm", reason="timm is not installed")
-
-    @register_model("test-timm-resnet10t", "timm resnet10t behind galbench's model interface (tests)")
-    def _resnet(num_classes):
-        model = timm.create_model("resnet10t", num_classes=num_classes)
-        model.head_name = model.pretrained_cfg["classifier"]
-        return model
-
-    _check_transfer("test-timm-resnet10t", tmp_path)
+    pytest.importorskip("timm", reason="timm models need the optional timm package")
+    _check_transfer("timm:resnet10t", tmp_path)
 
 
 def test_probe_epochs_start_before_training_and_end_at_the_end():
