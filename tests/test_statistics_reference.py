@@ -9,8 +9,11 @@ and statsmodels; the accuracy-difference interval by simulating a generative mod
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import shutil
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +21,9 @@ from scipy.special import expit
 from statsmodels.stats.multitest import multipletests
 
 from galbench.analysis import stats
+from galbench.analysis.report import load_report, primary_sentence
+from galbench.experiment.suite import load_suite
+from tests.conftest import write_suite
 
 # --- references ----------------------------------------------------------------------------------------------
 
@@ -395,3 +401,23 @@ def test_the_exact_test_has_80_percent_power_at_the_reported_minimum_detectable_
     sd = ci.se_seeds / math.sqrt(1 / n_arm + 1 / n_baseline)  # runs whose true SE is the one measured
     power = permutation_power(n_arm, n_baseline, 0.05 / arms, comparison.mde, sd, 4000, np.random.default_rng(17))
     assert 0.76 <= power <= 0.85  # simulation error: 0.006 here, about 0.01 in the MDE's own simulation
+
+
+# --- what the report says about the primary endpoint ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("table, declared", [("", False), ("[analysis]\nalpha = 0.01\n", False),
+                                             ('[analysis]\nprimary = "test_accuracy"\n', True)])
+def test_the_report_calls_the_primary_endpoint_declared_only_where_the_suite_declared_it(tmp_path, table, declared):
+    """The run directory's suite.resolved.json holds every [analysis] key; a primary the suite left out must
+    still read as the default (it used to read as declared, and the report said "declared in the suite")."""
+    suite, _ = load_suite(write_suite(tmp_path, extra="\n" + table))
+    run_dir = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "data" / "run-dir-v0.2", run_dir)
+    resolved = json.loads((run_dir / "suite.resolved.json").read_text())
+    resolved["analysis"] = suite.model_dump()["analysis"]  # what the runner writes
+    (run_dir / "suite.resolved.json").write_text(json.dumps(resolved))
+    report = load_report(run_dir)
+    assert report.analysis.settings.declared is declared
+    assert report.analysis.settings.alpha == (0.01 if "alpha" in table else 0.05)
+    assert ("declared in the suite" in primary_sentence(report)) is declared
