@@ -79,7 +79,9 @@ def test_each_seed_has_its_own_split_and_both_arms_at_a_seed_share_it(design_run
 def test_the_analysis_section_is_written_with_the_resolved_suite(design_run):
     out, _ = design_run
     resolved = json.loads((out / "suite.resolved.json").read_text())
-    assert resolved["analysis"] == {}  # as written: nothing declared, so the report says the default was used
+    # primary None: the suite declared none (the report says so); the endpoint used is still test accuracy
+    assert resolved["analysis"] == {"primary": None, "alpha": 0.05, "equivalence": None,
+                                    "allow_unequal_budgets": False}
     assert resolved["primary_endpoint"] == {"kind": "accuracy", "metric": "test_accuracy"}
     assert resolved["suite"]["threshold_metric"] == "balanced_accuracy"
 

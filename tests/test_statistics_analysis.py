@@ -187,7 +187,7 @@ def test_minimum_detectable_effect_and_equivalence_in_the_analysis():
     analysis = stats.analyse(three_arms(), [0.8], "scratch", {"equivalence": 0.03})
     for item in analysis.confirmatory:
         ci = item.difference_ci
-        assert item.mde == pytest.approx(stats.minimum_detectable_effect(ci.se_seeds, ci.df_seeds, 0.05 / 2))
+        assert item.mde == pytest.approx(stats.permutation_mde_factor(5, 5, 0.05 / 2) * ci.se_seeds)
         assert item.equivalence == stats.tost(ci.difference, ci.se, ci.df, 0.03, 0.05)
     imagenet = analysis.confirmatory[1]
     assert not imagenet.detected and imagenet.equivalence.equivalent  # no difference found, and none above 0.03

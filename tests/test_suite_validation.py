@@ -63,7 +63,8 @@ def test_bad_values_name_the_key(tmp_path, overrides, expected):
 def test_new_keys_resolve_with_their_defaults(tmp_path):
     suite, _ = load_suite(write_suite(tmp_path))
     assert suite.suite.threshold_metric == "accuracy" and suite.suite.train_sizes is None
-    assert suite.analysis.model_dump() == {"primary": "test_accuracy", "alpha": 0.05, "equivalence": None,
+    # primary None: not declared (the statistics use test_accuracy and the report says it was the default)
+    assert suite.analysis.model_dump() == {"primary": None, "alpha": 0.05, "equivalence": None,
                                            "allow_unequal_budgets": False}
     assert suite.primary_endpoint() == {"kind": "accuracy", "metric": "test_accuracy"}
     assert suite.data.split.per_seed is False and suite.train.class_weights == "none"

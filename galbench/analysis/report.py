@@ -224,7 +224,8 @@ def _statistics_settings(suite: dict) -> dict | None:
     """The suite's [analysis] keys that the statistics take (others, like allow_unequal_budgets, are the
     suite's own checks, already applied when the suite was validated)."""
     known = {f.name for f in fields(stats.Settings)}
-    section = {k: v for k, v in (suite.get("analysis") or {}).items() if k in known}
+    # the resolved suite writes every key; None is a key the suite left out (a primary None was not declared)
+    section = {k: v for k, v in (suite.get("analysis") or {}).items() if k in known and v is not None}
     return section or None
 
 

@@ -302,9 +302,7 @@ def _run_suite(suite: Suite, base: Path, out: Path, device: torch.device, device
     path = catalog_path(suite, base, progress_factory)
     data = SuiteData(suite, path, device)
     precision = resolve_precision(suite.train.precision, device)
-    # [analysis] as written: keys left out take stats' defaults, and a primary left out is reported as such
     write_json_atomic(out / "suite.resolved.json", {**suite.model_dump(), "catalog_path": str(path),
-                                                    "analysis": suite.analysis.model_dump(exclude_unset=True),
                                                     "baseline": suite.baseline,
                                                     "primary_endpoint": suite.primary_endpoint()})
     write_json_atomic(out / "environment.json", environment(device, precision))
