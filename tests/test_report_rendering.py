@@ -107,7 +107,7 @@ def test_a_null_result_says_what_would_have_been_detected():
     report = hand_report(accuracy_comparison())
     (text,) = R.headline(report)
     assert text == ("fractal against scratch on test accuracy: no difference detected (+0.004 [-0.010, +0.018], "
-                    "permutation p = 0.57, Holm-adjusted 0.57); a gain above +0.021 would have been detected 80% of "
+                    "permutation p = 0.57, Holm-adjusted 0.57); a difference of ±0.021 or more would have been detected 80% of "
                     "the time.")
     assert "did not raise" not in html_of(report)
 

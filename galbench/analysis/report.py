@@ -489,7 +489,7 @@ def accuracy_verdict(report: SuiteReport, c: stats.Comparison) -> str:
                 f"({_p_phrase(c)}).")
     text = f"{c.variant} against {c.baseline} on {label}{where}: no difference detected ({numbers}, {_p_phrase(c)})"
     if c.mde is not None:
-        text += f"; a gain above +{c.mde:.3f} would have been detected {stats.POWER:.0%} of the time"
+        text += f"; a difference of ±{c.mde:.3f} or more would have been detected {stats.POWER:.0%} of the time"
     elif c.mde_note:
         text += f"; {c.mde_note}"
     if c.equivalence is not None:
