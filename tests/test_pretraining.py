@@ -96,3 +96,20 @@ def test_report_bills_the_whole_pretraining_and_says_when_it_pays_back(tmp_path)
     assert flops["scratch"]["break_even"] == "baseline" and not flops["scratch"].get("pretraining")
     seconds = {row["variant"]: row for row in cost_table(report, "device_seconds", None).rows}
     assert seconds["fractal"]["break_even"] == "never"  # fine-tuning takes as long as training from scratch
+
+
+def test_a_pretraining_on_simulated_galaxies_bills_their_simulation(cli, tmp_path):
+    """The seconds spent simulating the pretraining catalog are part of its cost, as a fractal set's are."""
+    extra = ('\n[[variant]]\nname = "sim"\nmodel = "alexnet-tiny"\ninit = "pretrained:sim"\n\n'
+             '[[pretrained]]\nname = "sim"\nsynth = { n = 40, size = 64, seed = 11 }\nepochs = 1\n')
+    suite = write_suite(tmp_path, seeds=1, epochs=1, extra=extra)
+    assert cli("run", suite, "--out", tmp_path / "a", "--no-report")[0] == 0
+    from galbench.data.synth import synth_generation_seconds
+    from galbench.fileio import cache_dir
+
+    simulated = synth_generation_seconds({"n": 40, "size": 64, "seed": 11, "classes": "elliptical,spiral,edge-on",
+                                          "star_probability": 0.3})
+    assert simulated is not None and simulated > 0
+    (cached,) = [p for p in cache_dir("pretrain").glob("catalog-*.pt")
+                 if load_checkpoint(p)["meta"]["pretrain_source"].get("synth", {}).get("seed") == 11]
+    assert load_checkpoint(cached)["meta"]["pretrain_cost"]["generation_seconds"] == simulated

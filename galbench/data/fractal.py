@@ -44,7 +44,7 @@ from astropy.table import Table
 
 from galbench.data.catalog import Catalog, write_catalog_stream
 from galbench.errors import GalbenchError
-from galbench.fileio import cache_dir, content_hash, write_json_atomic
+from galbench.fileio import cache_dir, cache_entry, content_hash, write_json_atomic
 
 CHAINS = 32
 STEPS = 300
@@ -359,12 +359,13 @@ def cached_fractal_set(params: FractalParams, progress_factory=None, workers: in
     key = content_hash(asdict(params))
     path = cache_dir("fractal") / f"fractal-{key}.fits"
     timing = path.with_suffix(".json")
-    if not (path.exists() and timing.exists()):
-        start = time.perf_counter()
-        if progress_factory is None:
-            generate_to_file(params, path, workers)
-        else:
-            with progress_factory("generating fractals", params.classes * params.per_class, "images") as advance:
-                generate_to_file(params, path, workers, advance)
-        write_json_atomic(timing, {"generation_seconds": round(time.perf_counter() - start, 3)})
+    with cache_entry(timing, "cached fractal set") as missing:  # the timing is written last
+        if missing:
+            start = time.perf_counter()
+            if progress_factory is None:
+                generate_to_file(params, path, workers)
+            else:
+                with progress_factory("generating fractals", params.classes * params.per_class, "images") as advance:
+                    generate_to_file(params, path, workers, advance)
+            write_json_atomic(timing, {"generation_seconds": round(time.perf_counter() - start, 3)})
     return path, json.loads(timing.read_text())["generation_seconds"]

@@ -293,18 +293,40 @@ def synthesize(params: SynthParams, workers: int | None = None,
 
 
 def cached_synth_catalog(params: dict, progress_factory=None) -> Path:
-    """The cached FITS file of a synth table, generated on first use (keyed by the parameters' hash)."""
-    from galbench.data.catalog import write_catalog
-    from galbench.fileio import cache_dir, cache_entry, content_hash
+    """The cached FITS file of a synth table, generated on first use (keyed by the parameters' hash).
 
-    path = cache_dir("synth") / f"synth-{content_hash(params)}.fits"
+    The seconds the simulation took are kept beside it (`.json`), so a pretraining on it can bill them.
+    """
+    import time
+
+    from galbench.data.catalog import write_catalog
+    from galbench.fileio import cache_entry, write_json_atomic
+
+    path = synth_cache_path(params)
     with cache_entry(path, "cached simulated catalog") as missing:
         if missing:
             synth = SynthParams(**params)
+            start = time.perf_counter()
             if progress_factory is None:
                 catalog = synthesize(synth)
             else:
                 with progress_factory("simulating galaxies", synth.n, "galaxies") as advance:
                     catalog = synthesize(synth, progress=advance)
+            write_json_atomic(path.with_suffix(".json"), {"generation_seconds": round(time.perf_counter() - start, 3)})
             write_catalog(path, catalog)
     return path
+
+
+def synth_cache_path(params: dict) -> Path:
+    """Where the cached catalog of a synth table lives."""
+    from galbench.fileio import cache_dir, content_hash
+
+    return cache_dir("synth") / f"synth-{content_hash(params)}.fits"
+
+
+def synth_generation_seconds(params: dict) -> float | None:
+    """The seconds the cached catalog of a synth table took to simulate (None where not recorded)."""
+    import json
+
+    timing = synth_cache_path(params).with_suffix(".json")
+    return json.loads(timing.read_text())["generation_seconds"] if timing.exists() else None

@@ -17,7 +17,7 @@ import torch
 
 from galbench.data.catalog import Catalog, read_catalog
 from galbench.data.fractal import FractalParams, cached_fractal_set
-from galbench.data.synth import cached_synth_catalog
+from galbench.data.synth import cached_synth_catalog, synth_generation_seconds
 from galbench.data.tensors import SplitImages, stratified_split
 from galbench.errors import GalbenchError
 from galbench.experiment.ssl import ensure_ssl_pretraining, plan_ssl_pretraining
@@ -170,10 +170,13 @@ def ensure_catalog_pretraining(section: PretrainedSection, model: str, suite: Su
     path = _cached("catalog", key)
     with cache_entry(path, "cached pretraining") as missing:
         if missing:
+            generation_seconds = 0.0  # a catalog file's making is outside galbench's view
             if catalog_file is None:
                 catalog_file = cached_synth_catalog(section.synth.model_dump(), display.bar if display else None)
+                generation_seconds = synth_generation_seconds(section.synth.model_dump()) or 0.0
             catalog = read_catalog(catalog_file)
             source = {"kind": "catalog", "name": section.name, "catalog": str(catalog_file), **key}
             pretrain_on_catalog(catalog, path, model, key["image_size"], section.epochs, section.lr,
-                                section.batch_size, device, source, seed=replicate, display=display)
+                                section.batch_size, device, source, seed=replicate,
+                                generation_seconds=generation_seconds, display=display)
     return path
