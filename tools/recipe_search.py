@@ -81,7 +81,7 @@ class Recipe:
     epochs: int = 40
     batch_size: int = 64
     label_smoothing: float = 0.0
-    class_weights: str = "none"  # none | balanced (weight of class c = N / (K * N_c))
+    class_weights: str = "none"  # none | balanced (weight of class c = N / (K * N_c)) | sqrt (its square root)
     sampler: str = "shuffle"  # shuffle | balanced (each class drawn equally often, with replacement)
     flips: bool = True
     rot90: bool = True
@@ -191,10 +191,10 @@ def lr_factor(recipe: Recipe, step: int, total_steps: int, steps_per_epoch: int)
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
 
-def class_weights(labels: torch.Tensor) -> torch.Tensor:
-    """sklearn's 'balanced' weights: N / (K * N_c)."""
+def class_weights(labels: torch.Tensor, power: float = 1.0) -> torch.Tensor:
+    """sklearn's 'balanced' weights N / (K * N_c), to a power (0.5: half-way to balance on a log scale)."""
     counts = torch.bincount(labels, minlength=len(CLASSES)).float()
-    return labels.numel() / (len(CLASSES) * counts)
+    return (labels.numel() / (len(CLASSES) * counts)) ** power
 
 
 def epoch_order(labels: torch.Tensor, sampler: str, generator: torch.Generator) -> torch.Tensor:
@@ -235,7 +235,8 @@ def train(recipe: Recipe, splits: dict, checkpoints: Path) -> dict:
         optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
     else:
         optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    weight = class_weights(train_labels) if recipe.class_weights == "balanced" else None
+    weight = None if recipe.class_weights == "none" else \
+        class_weights(train_labels, {"balanced": 1.0, "sqrt": 0.5}[recipe.class_weights])
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=recipe.label_smoothing)
     order_rng = torch.Generator().manual_seed(recipe.seed)
     augment_rng = torch.Generator().manual_seed(recipe.seed + 1)
@@ -297,11 +298,33 @@ def stage_recipes(stage: str) -> list[tuple[str, Recipe]]:
         for size in (64, 96, 112):
             for bn in ("", "-bn"):
                 for balance in ("none", "weights", "sampler"):
+                    if size == 112 and not bn and balance != "none":
+                        continue  # pruned under load: batch norm had won at 64 and 96 px with every balancing
                     runs.append((f"small{bn} {size}px {balance}",
                                  r(**{**small, "model": "alexnet-small" + bn}, size=size,
                                    class_weights="balanced" if balance == "weights" else "none",
                                    sampler="balanced" if balance == "sampler" else "shuffle")))
         return runs
+    small_bn = dict(small, model="alexnet-small-bn", sampler="balanced")
+    if stage == "micro2":  # one change at a time from the micro stage's best (small-bn, 64 px, sampler)
+        return [("small-bn 64px sampler, label smoothing 0.1", r(**small_bn, label_smoothing=0.1)),
+                ("small-bn 64px sampler, shift 2", r(**small_bn, shift=2)),
+                ("small-bn 64px sampler, SGD 0.05", r(**{**small_bn, "optimizer": "sgd", "lr": 0.05,
+                                                          "weight_decay": 5e-4})),
+                ("small-bn 64px sampler, cosine warm-up 2", r(**small_bn, schedule="cosine", warmup_epochs=2)),
+                ("small-bn 64px sampler, 100 epochs", r(**{**small_bn, "epochs": 100})),
+                ("small-bn 64px sampler, crop 0.4", r(**small_bn, crop=0.4)),
+                ("small-bn 64px sampler, crop 0.6", r(**small_bn, crop=0.6)),
+                ("small-bn 64px sqrt weights", r(**{**small_bn, "sampler": "shuffle"}, class_weights="sqrt"))]
+    # micro2 found one-cycle and cosine with a 2-epoch warm-up alike; galbench has the latter today
+    wide = dict(optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine", warmup_epochs=2, size=112,
+                sampler="balanced", epochs=40)
+    if stage == "coarse":  # width at about 1/3 of the CPU budget or less, batch norm, 112 px
+        return [("small-bn 112px sampler cosine", r(**wide, model="alexnet-small-bn")),
+                ("half-bn 112px sampler", r(**wide, model="alexnet-half-bn")),
+                ("half-bn 112px no balancing", r(**{**wide, "sampler": "shuffle"}, model="alexnet-half-bn")),
+                ("full-bn 112px sampler, 12 ep", r(**{**wide, "lr": 1e-3, "epochs": 12}, model="alexnet-bn")),
+                ("resnet18 64px sampler, 20 ep", r(**{**wide, "size": 64, "epochs": 20}, model="timm:resnet18"))]
     raise SystemExit(f"unknown stage {stage!r}")
 
 
