@@ -49,6 +49,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -325,6 +326,14 @@ def stage_recipes(stage: str) -> list[tuple[str, Recipe]]:
                 ("half-bn 112px no balancing", r(**{**wide, "sampler": "shuffle"}, model="alexnet-half-bn")),
                 ("full-bn 112px sampler, 12 ep", r(**{**wide, "lr": 1e-3, "epochs": 12}, model="alexnet-bn")),
                 ("resnet18 64px sampler, 20 ep", r(**{**wide, "size": 64, "epochs": 20}, model="timm:resnet18"))]
+    chosen = dict(wide, model="alexnet-small-bn")
+    if stage == "seeds":  # the chosen recipe, its unbalanced twin and the shipped suite, over seeds
+        shipped = dict(model="alexnet-small", optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine",
+                       epochs=15, shift=2)
+        return [*((f"chosen: small-bn 112px sampler, seed {seed}", r(**chosen, seed=seed)) for seed in range(5)),
+                *((f"twin: small-bn 112px no balancing, seed {seed}", r(**{**chosen, "sampler": "shuffle"},
+                                                                          seed=seed)) for seed in range(3)),
+                *((f"shipped gz1.toml, seed {seed}", r(**shipped, seed=seed)) for seed in range(3))]
     raise SystemExit(f"unknown stage {stage!r}")
 
 
@@ -378,7 +387,9 @@ def cmd_test(args) -> None:
     results = read_jsonl(args.work / "results.jsonl")
     tests_path = args.work / "tests.jsonl"
     tested = {record["key"] for record in read_jsonl(tests_path)}
-    chosen = [r for r in results if r["key"] in (args.key or []) or r["stage"] in (args.stage or [])]
+    chosen = [r for r in results if r["key"] in (args.key or [])]
+    for stage in args.stage or []:
+        chosen += stage_runs(stage, results)
     for record in chosen:
         if record["key"] in tested:
             print(f"already tested {record['key']} ({record['label']}): the test split is evaluated once")
@@ -439,16 +450,87 @@ def markdown_table(records: list[dict], tests: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+STAGES = ("micro", "micro2", "coarse", "seeds")
+THRESHOLDS = (0.7, 0.75, 0.78, 0.8, 0.82)
+
+
+def stage_runs(stage: str, results: list[dict]) -> list[dict]:
+    """The finished runs of a stage, in the stage's order and under its labels (a run shared by two stages,
+    such as the seeds stage's seed 0, appears in both)."""
+    by_key = {record["key"]: record for record in results}
+    return [{**by_key[recipe.key()], "label": label} for label, recipe in stage_recipes(stage)
+            if recipe.key() in by_key]
+
+
+def first_epoch(curve: list[dict], metric: str, threshold: float) -> int | None:
+    """The first epoch whose validation `metric` reaches `threshold` (None if none does)."""
+    return next((point["epoch"] for point in curve if point[metric] >= threshold), None)
+
+
+def seed_groups(runs: list[dict]) -> dict[str, list[dict]]:
+    """Runs grouped by their label without the `, seed k` suffix."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(run["label"].rsplit(", seed", 1)[0], []).append(run)
+    return groups
+
+
+def mean_sd(values: list[float]) -> str:
+    """`mean ± sample sd` (just the value for one run)."""
+    array = np.asarray(values, dtype=float)
+    return f"{array.mean():.3f}" if array.size == 1 else f"{array.mean():.3f} ± {array.std(ddof=1):.3f}"
+
+
+def seeds_tables(runs: list[dict], tests: dict[str, dict]) -> str:
+    """Per recipe over seeds: validation and test figures (mean ± sd), then epochs to each threshold."""
+    lines = ["| recipe | seeds | val acc | val bal. acc | test acc | test bal. acc | test recall ell / spi / edge "
+             "| test acc / bal. acc, best-val-bal.-acc weights | CPU-s |", "| --- |" + " --- |" * 8]
+    for name, group in seed_groups(runs).items():
+        tested = [tests[r["key"]] for r in group if r["key"] in tests]
+        row = [name, ", ".join(str(r["recipe"]["seed"]) for r in group),
+               mean_sd([r["final"]["accuracy"] for r in group]),
+               mean_sd([r["final"]["balanced_accuracy"] for r in group])]
+        if tested:
+            recall = np.mean([t["final"]["recall"] for t in tested], axis=0)
+            row += [mean_sd([t["final"]["accuracy"] for t in tested]),
+                    mean_sd([t["final"]["balanced_accuracy"] for t in tested]),
+                    " / ".join(f"{value:.2f}" for value in recall),
+                    f"{mean_sd([t['best']['accuracy'] for t in tested])} / "
+                    f"{mean_sd([t['best']['balanced_accuracy'] for t in tested])}"]
+        else:
+            row += ["not tested"] * 4
+        row.append(f"{np.mean([r['cpu_seconds'] for r in group]):.0f}")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Validation thresholds: runs that reached each one / median first epoch (of those that did).", "",
+              "| recipe | metric | " + " | ".join(str(t) for t in THRESHOLDS) + " |",
+              "| --- | --- |" + " --- |" * len(THRESHOLDS)]
+    for name, group in seed_groups(runs).items():
+        for metric in ("balanced_accuracy", "accuracy"):
+            cells = []
+            for threshold in THRESHOLDS:
+                epochs = [e for e in (first_epoch(r["curve"], metric, threshold) for r in group) if e is not None]
+                cells.append(f"{len(epochs)}/{len(group)}" + (f", {np.median(epochs):g}" if epochs else ""))
+            lines.append(f"| {name} | {metric.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def cmd_summary(args) -> None:
     results = read_jsonl(args.work / "results.jsonl")
     tests = {record["key"]: record for record in read_jsonl(args.work / "tests.jsonl")}
-    for stage in dict.fromkeys(r["stage"] for r in results):
-        print(f"\n### Stage {stage}\n")
-        print(markdown_table([r for r in results if r["stage"] == stage], tests))
+    for stage in STAGES:
+        runs = stage_runs(stage, results)
+        if runs:
+            print(f"\n### Stage {stage}\n")
+            print(markdown_table(runs, tests))
+    seeds = stage_runs("seeds", results)
+    if seeds:
+        print("\n### Over seeds\n")
+        print(seeds_tables(seeds, tests))
     if args.json:
         compact = [{**{k: r[k] for k in ("key", "stage", "label", "recipe", "final", "best", "cpu_seconds",
                                          "wall_seconds", "last3_balanced_accuracy", "parameters")},
                     "val_balanced_accuracy_per_epoch": [p["balanced_accuracy"] for p in r["curve"]],
+                    "val_accuracy_per_epoch": [p["accuracy"] for p in r["curve"]],
                     "test": tests.get(r["key"])} for r in results]
         args.json.write_text(json.dumps(compact, indent=1) + "\n")
 
