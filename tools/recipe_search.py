@@ -23,12 +23,15 @@ validation balanced accuracy); the test split is evaluated only by the `test` co
 Rerun the search (from the repository root; about 4 hours at one thread on a 2-core machine):
 
     export PYTHONPATH=$PWD
-    python tools/recipe_search.py run --stage micro     # alexnet-small, cheap: resolution, balancing, BN, crop
+    python tools/recipe_search.py run --stage micro     # alexnet-small(-bn): resolution x balancing x batch norm
+    python tools/recipe_search.py run --stage micro2    # one change at a time: smoothing, shift, SGD, schedule, crop
     python tools/recipe_search.py run --stage coarse    # wider models at 1/3 of the CPU budget
-    python tools/recipe_search.py run --stage final     # finalists at the full budget (1,200 CPU-seconds)
-    python tools/recipe_search.py run --stage seeds     # the chosen recipes with more seeds
-    python tools/recipe_search.py test --stage final --stage seeds   # test split, once per run
+    python tools/recipe_search.py run --stage seeds     # the chosen recipe, its unbalanced twin, the shipped one
+    python tools/recipe_search.py test --stage seeds    # test split, once per run
     python tools/recipe_search.py summary               # Markdown tables to stdout, JSON to --json
+
+The GPU recipes (not yet measured here): `python tools/recipe_search.py --device cuda run --stage gpu`, then
+`test --stage gpu` and `summary`; there the CPU-seconds count only the host process, so read wall seconds.
 
 One recipe of your own: `python tools/recipe_search.py run --recipe model=alexnet-bn size=96 epochs=30`.
 CPU cost of one epoch for a model and size: `python tools/recipe_search.py cost --recipe model=alexnet`.
@@ -223,13 +226,18 @@ def scores(labels: torch.Tensor, predicted: torch.Tensor) -> dict:
             "confusion": confusion.tolist()}
 
 
-def train(recipe: Recipe, splits: dict, checkpoints: Path) -> dict:
-    """Train one recipe; log every epoch; save final and best-balanced-accuracy weights; return the record."""
+def train(recipe: Recipe, splits: dict, checkpoints: Path, device: torch.device) -> dict:
+    """Train one recipe; log every epoch; save final and best-balanced-accuracy weights; return the record.
+
+    `splits` are on `device`. Sample order and augmentation draws come from CPU generators, so a recipe
+    draws the same batches on any device.
+    """
     cpu_start = time.process_time()
     wall_start = time.perf_counter()
-    model = build(recipe)
-    normalizer = Normalizer()
+    model = build(recipe).to(device)
+    normalizer = Normalizer().to(device)
     train_images, train_labels = splits["train"]
+    cpu_labels = train_labels.cpu()
     val_images, val_labels = splits["val"]
     params = [p for p in model.parameters() if p.requires_grad]
     if recipe.optimizer == "sgd":
@@ -247,7 +255,7 @@ def train(recipe: Recipe, splits: dict, checkpoints: Path) -> dict:
     eval_cpu_seconds = 0.0
     for epoch in range(1, recipe.epochs + 1):
         model.train()
-        order = epoch_order(train_labels, recipe.sampler, order_rng)
+        order = epoch_order(cpu_labels, recipe.sampler, order_rng).to(device)
         loss_sum = 0.0
         for start in range(0, order.numel(), recipe.batch_size):
             index = order[start:start + recipe.batch_size]
@@ -272,10 +280,10 @@ def train(recipe: Recipe, splits: dict, checkpoints: Path) -> dict:
               flush=True)
         if best is None or val["balanced_accuracy"] > best["balanced_accuracy"]:
             best = point
-            torch.save(model.state_dict(), checkpoints / f"{recipe.key()}-best.pt")
+            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, checkpoints / f"{recipe.key()}-best.pt")
         if not math.isfinite(point["train_loss"]):
             break
-    torch.save(model.state_dict(), checkpoints / f"{recipe.key()}-final.pt")
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, checkpoints / f"{recipe.key()}-final.pt")
     last3 = curve[-3:]
     return {"key": recipe.key(), "recipe": dataclasses.asdict(recipe), "final": curve[-1], "best": best,
             "last3_balanced_accuracy": round(sum(p["balanced_accuracy"] for p in last3) / len(last3), 4),
@@ -283,7 +291,7 @@ def train(recipe: Recipe, splits: dict, checkpoints: Path) -> dict:
             "cpu_seconds": round(time.process_time() - cpu_start, 1), "eval_cpu_seconds": round(eval_cpu_seconds, 1),
             "wall_seconds": round(time.perf_counter() - wall_start, 1),
             "parameters": sum(p.numel() for p in model.parameters()), "curve": curve,
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device_name(device)}
 
 
 # --- stages -----------------------------------------------------------------------------------------------
@@ -334,7 +342,23 @@ def stage_recipes(stage: str) -> list[tuple[str, Recipe]]:
                 *((f"twin: small-bn 112px no balancing, seed {seed}", r(**{**chosen, "sampler": "shuffle"},
                                                                           seed=seed)) for seed in range(3)),
                 *((f"shipped gz1.toml, seed {seed}", r(**shipped, seed=seed)) for seed in range(3))]
+    if stage == "gpu":  # not yet measured (no GPU was lent): the chosen recipe at the cutout's native
+        # resolution (crop 0.5 of 423 px is 212 px), and the paper's full-width model with batch norm
+        gpu = dict(chosen, size=224, epochs=60)
+        return [*((f"gpu: small-bn 224px sampler, seed {seed}", r(**gpu, seed=seed)) for seed in range(3)),
+                *((f"gpu: full-bn 224px sampler, seed {seed}", r(**gpu, model="alexnet-bn", lr=1e-3, seed=seed))
+                  for seed in range(3))]
     raise SystemExit(f"unknown stage {stage!r}")
+
+
+def device_name(device: torch.device) -> str:
+    """What ran a run: the GPU's name, or the CPU's model name from /proc/cpuinfo where there is one."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    return f"{names[0]} ({len(names)} cores)" if names else "cpu"
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -365,6 +389,7 @@ def cmd_run(args) -> None:
     done = {record["key"] for record in read_jsonl(results)}
     checkpoints = args.work / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
     splits_cache: dict[tuple[float, int], dict] = {}
     for stage, label, recipe in runs:
         if recipe.key() in done:
@@ -373,9 +398,11 @@ def cmd_run(args) -> None:
         if (recipe.crop, recipe.size) not in splits_cache:
             splits_cache.clear()  # one resolution in memory at a time
             path = catalog_path(args.work, args.source, recipe.crop, recipe.size)
-            splits_cache[(recipe.crop, recipe.size)] = load_splits(path, recipe.size)
+            splits_cache[(recipe.crop, recipe.size)] = {
+                name: (images.to(device), labels.to(device))
+                for name, (images, labels) in load_splits(path, recipe.size).items()}
         print(f"run {recipe.key()} {label}: {recipe.differences()}", flush=True)
-        record = train(recipe, splits_cache[(recipe.crop, recipe.size)], checkpoints)
+        record = train(recipe, splits_cache[(recipe.crop, recipe.size)], checkpoints, device)
         record.update(label=label, stage=stage, finished_unix=round(time.time()))
         append_jsonl(results, record)
         done.add(recipe.key())
@@ -450,7 +477,7 @@ def markdown_table(records: list[dict], tests: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-STAGES = ("micro", "micro2", "coarse", "seeds")
+STAGES = ("micro", "micro2", "coarse", "seeds", "gpu")
 THRESHOLDS = (0.7, 0.75, 0.78, 0.8, 0.82)
 
 
@@ -522,10 +549,11 @@ def cmd_summary(args) -> None:
         if runs:
             print(f"\n### Stage {stage}\n")
             print(markdown_table(runs, tests))
-    seeds = stage_runs("seeds", results)
-    if seeds:
-        print("\n### Over seeds\n")
-        print(seeds_tables(seeds, tests))
+    for stage in ("seeds", "gpu"):
+        runs = stage_runs(stage, results)
+        if runs:
+            print(f"\n### Stage {stage} over seeds\n")
+            print(seeds_tables(runs, tests))
     if args.json:
         compact = [{**{k: r[k] for k in ("key", "stage", "label", "recipe", "final", "best", "cpu_seconds",
                                          "wall_seconds", "last3_balanced_accuracy", "parameters")},
@@ -540,9 +568,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/recipe"), help="catalogs, results, checkpoints")
     parser.add_argument("--source", type=Path, default=Path("../shared/data/gz1-sdss"), help="the GZ1 sample")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (run only; CPU-seconds then "
+                        "measure the host process, and wall seconds the GPU's work)")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="train the recipes of stages (or one --recipe), skipping finished ones")
-    run.add_argument("--stage", action="append", help="micro | coarse | final | seeds")
+    run.add_argument("--stage", action="append", help=" | ".join(STAGES))
     run.add_argument("--recipe", nargs="+", help="key=value pairs of one recipe")
     test = commands.add_parser("test", help="evaluate finished runs on the test split, once each")
     test.add_argument("--stage", action="append")
