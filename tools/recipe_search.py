@@ -26,6 +26,7 @@ Rerun the search (from the repository root; about 4 hours at one thread on a 2-c
     python tools/recipe_search.py run --stage micro     # alexnet-small(-bn): resolution x balancing x batch norm
     python tools/recipe_search.py run --stage micro2    # one change at a time: smoothing, shift, SGD, schedule, crop
     python tools/recipe_search.py run --stage coarse    # wider models at 1/3 of the CPU budget
+    python tools/recipe_search.py run --stage plain     # the plain loop (full AlexNet, 64 px) on this split
     python tools/recipe_search.py run --stage seeds     # the chosen recipe, its unbalanced twin, the shipped one
     python tools/recipe_search.py test --stage seeds    # test split, once per run
     python tools/recipe_search.py summary               # Markdown tables to stdout, JSON to --json
@@ -342,6 +343,8 @@ def stage_recipes(stage: str) -> list[tuple[str, Recipe]]:
                 *((f"twin: small-bn 112px no balancing, seed {seed}", r(**{**chosen, "sampler": "shuffle"},
                                                                           seed=seed)) for seed in range(3)),
                 *((f"shipped gz1.toml, seed {seed}", r(**shipped, seed=seed)) for seed in range(3))]
+    if stage == "plain":  # the plain loop on galbench's split: torchvision AlexNet, 64 px, SGD one-cycle
+        return [("plain loop: alexnet 64px SGD one-cycle, 40 ep", r())]
     if stage == "gpu":  # not yet measured (no GPU was lent): the chosen recipe at the cutout's native
         # resolution (crop 0.5 of 423 px is 212 px), and the paper's full-width model with batch norm
         gpu = dict(chosen, size=224, epochs=60)
@@ -477,7 +480,7 @@ def markdown_table(records: list[dict], tests: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-STAGES = ("micro", "micro2", "coarse", "seeds", "gpu")
+STAGES = ("micro", "micro2", "coarse", "plain", "seeds", "gpu")
 THRESHOLDS = (0.7, 0.75, 0.78, 0.8, 0.82)
 
 
