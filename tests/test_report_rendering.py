@@ -197,6 +197,21 @@ def test_label_efficiency_curve_labels_saved_and_per_size_tables():
     assert texts[:3] == ["100", "300", "1,000"]  # the log axis labelled at the sizes run, in plain numbers
 
 
+def test_label_efficiency_figure_plots_the_declared_primary_endpoint_with_its_own_chance_level():
+    report = build(label_rows(), make_suite(sizes=[100, 300, 1000], analysis={"primary": "test_balanced_accuracy"}))
+    figure = R.figures(report)[0]
+    assert figure.name == "label_efficiency" and figure.alt.startswith("Balanced test accuracy against labelled")
+    for arm in report.analysis.arms:
+        assert f"{arm.variant}: " in figure.alt
+        assert f"{arm.accuracy['test_balanced_accuracy'].mean:.3f} at {arm.train_size:,}" in figure.alt
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", figure.svg)
+    assert "balanced test accuracy" in texts
+    assert "chance 0.33" in texts  # any single class always guessed scores 1/3 balanced accuracy
+    headline = R.figures(build([make_row(v, s, 0.7) for v in ("scratch", "fractal") for s in range(5)],
+                               make_suite(analysis={"primary": "test_balanced_accuracy"})))[0]
+    assert headline.name == "headline" and "chance level (one class always guessed) 0.333" in headline.alt
+
+
 def test_break_even_is_said_in_words_with_the_full_pretraining():
     pretrain = {"train_flops": 12e12, "device_seconds": 30.0}
     rows = [make_row("scratch", s, 0.7) for s in range(5)]

@@ -205,7 +205,7 @@ def accuracy_by_arm(arms: list[tuple[str, list[float], float, tuple[float, float
                     markersize=7)
     if chance is not None:
         ax.axhline(chance, color="0.35", linestyle=":", linewidth=1)
-        ax.annotate(f"chance (majority class) {chance:.2f}", (len(arms) - 0.5, chance), fontsize=7, ha="right",
+        ax.annotate(f"chance (one class always guessed) {chance:.2f}", (len(arms) - 0.5, chance), fontsize=7, ha="right",
                     va="bottom", color="0.35")
     ax.set_xticks(range(len(arms)), [arm for arm, *_ in arms])
     ax.set_xlim(-0.6, len(arms) - 0.4)

@@ -759,7 +759,8 @@ def _selection_score(row: dict) -> float | None:
 
 
 def winner(report: SuiteReport) -> dict | None:
-    """The overall winner, chosen on validation accuracy as the export is; its test accuracy is what is quoted."""
+    """The overall winner, chosen on the thresholds' validation metric as the export is; its test accuracy is
+    what is quoted."""
     return exported_run(report, "winner")
 
 
@@ -1123,7 +1124,7 @@ def figures(report: SuiteReport) -> list[Figure]:
                             f"Confusion matrix of the {title}; rows true class, columns predicted, counts "
                             + "; ".join(f"true {name}: " + ", ".join(map(str, row))
                                         for name, row in zip(report.classes, best["confusion"], strict=False)) + ".",
-                            "Confusion matrix of the winner, chosen on validation accuracy."))
+                            f"Confusion matrix of the winner, chosen on {report.threshold_metric}."))
     calibration = calibrations(report)
     if calibration:
         found.append(Figure("reliability", plots.reliability_diagrams(calibration),
@@ -1151,47 +1152,55 @@ def _arm_curve_alt(report: SuiteReport, variant: str) -> str:
     return f"{variant} ({arm.n if arm else 0} runs" + (f", test accuracy {test.mean:.3f})" if test else ")")
 
 
+def _chance_for(report: SuiteReport, metric: str) -> float | None:
+    """What always guessing one class scores on `metric`: the largest class's share of the test split for
+    accuracy; 1 / (number of classes) for balanced accuracy, whichever class is guessed."""
+    if metric == "test_balanced_accuracy":
+        return 1 / len(report.classes) if report.classes else None
+    chance = chance_level(report)
+    return chance[0] if chance else None
+
+
 def _headline_figure(report: SuiteReport) -> Figure:
     from galbench.analysis import plots
 
-    chance = chance_level(report)
-    chance_value = chance[0] if chance else None
+    primary = report.analysis.settings.primary
+    metric = primary.field if primary.kind == "accuracy" else "test_accuracy"
+    label = ACCURACY_LABELS.get(metric, metric)
+    chance_value = _chance_for(report, metric)
     labelled = [s for s in _sizes(report) if s is not None]
     if len(labelled) + (None in _sizes(report)) > 1 and labelled:
         series, described = {}, []
         for variant in _variants(report):
-            points = [(a.train_size, a.accuracy["test_accuracy"]) for a in report.analysis.arms
-                      if a.variant == variant and a.train_size is not None and "test_accuracy" in a.accuracy]
+            points = [(a.train_size, a.accuracy[metric]) for a in report.analysis.arms
+                      if a.variant == variant and a.train_size is not None and metric in a.accuracy]
             points.sort(key=lambda p: p[0])
             if points:
                 series[variant] = ([p[0] for p in points], [p[1].mean for p in points],
                                    [(p[1].ci or (p[1].mean,) * 2)[0] for p in points],
                                    [(p[1].ci or (p[1].mean,) * 2)[1] for p in points])
                 described.append(f"{variant}: " + ", ".join(f"{s.mean:.3f} at {n:,}" for n, s in points))
-        return Figure("label_efficiency", plots.label_efficiency(series, chance_value, "test accuracy"),
-                      "Test accuracy against labelled training galaxies (log axis) per arm, with 95% interval "
-                      "bands; " + "; ".join(described) + ".",
-                      "Label efficiency: test accuracy against the number of labelled training galaxies.")
-    primary = report.analysis.settings.primary
+        return Figure("label_efficiency", plots.label_efficiency(series, chance_value, label),
+                      f"{label.capitalize()} against labelled training galaxies (log axis) per arm, with 95% "
+                      "interval bands; " + "; ".join(described) + ".",
+                      f"Label efficiency: {label} against the number of labelled training galaxies.")
     if primary.kind == "time":
         figure = _km_figure(report, primary.threshold, primary.field)
         if figure:
             return figure
     size = _largest_size(report)
-    metric = primary.field if primary.kind == "accuracy" else "test_accuracy"
     arms = []
     for variant in _variants(report):
         arm = _arm(report, variant, size)
         summary = arm.accuracy.get(metric) if arm else None
         if summary:
             arms.append((variant, list(summary.values), summary.mean, summary.ci))
-    label = ACCURACY_LABELS.get(metric, metric)
     return Figure("headline", plots.accuracy_by_arm(arms, label, chance_value,
                                                     f"{label} per arm: runs (open), mean and 95% interval"),
                   f"{label.capitalize()} per arm, each run a point with the mean and its 95% interval: "
                   + "; ".join(f"{v} {m:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + f" over {len(vals)} "
                               f"run{'s' if len(vals) != 1 else ''}" for v, vals, m, ci in arms)
-                  + (f"; chance level (majority class) {chance_value:.3f}." if chance_value else "."),
+                  + (f"; chance level (one class always guessed) {chance_value:.3f}." if chance_value else "."),
                   f"{label.capitalize()} per arm.")
 
 
