@@ -188,7 +188,7 @@ class RunDisplay:
         if self.last_eval is None:
             return f"{self.run_label}: training, {seconds:.0f} s in, no evaluation yet"
         return (f"{self.run_label}: training, {seconds:.0f} s in; last evaluation at epoch "
-                f"{self.last_eval['epochs']:g}/{self.run_epochs}: val acc {self.last_eval['val_accuracy']:.3f}")
+                f"{self.last_eval['epochs']:.3g}/{self.run_epochs:.3g}: val acc {self.last_eval['val_accuracy']:.3f}")
 
     @contextlib.contextmanager
     def bar(self, description: str, total: int, unit: str = ""):
@@ -242,7 +242,12 @@ class RunDisplay:
             return
         self.progress.update(self.runs_task, note=note)
 
-    def end_run(self, result: dict) -> None:
+    def finished_earlier(self, label: str, seed: int, result: dict) -> None:
+        """A run that an earlier command finished: read back, not redone."""
+        self.run_label = f"{label} seed {seed}"
+        self.end_run(result, earlier=True)
+
+    def end_run(self, result: dict, earlier: bool = False) -> None:
         """A run (or, before `start_runs`, a pretraining) has finished."""
         counted = self.runs_total > 0
         self.runs_done += counted
@@ -250,7 +255,8 @@ class RunDisplay:
         if self.plain:
             accuracy = f", test acc {test:.3f}" if test is not None else ""
             count = f" ({self.runs_done}/{self.runs_total} runs)" if counted else ""
-            self.plain.line(f"{self.run_label}: finished{accuracy}{count}")
+            when = "finished earlier (read back)" if earlier else "finished"
+            self.plain.line(f"{self.run_label}: {when}{accuracy}{count}")
             self.run_label = ""
             return
         if not counted:

@@ -28,7 +28,18 @@ def _stamped(err: str) -> list[tuple[datetime, str]]:
     return lines
 
 
-def test_a_run_with_stderr_captured_logs_runs_data_and_status_lines(cli, tmp_path, fast_interval):
+def test_a_run_with_stderr_captured_logs_runs_data_and_status_lines(cli, tmp_path, fast_interval, monkeypatch):
+    import time
+
+    from galbench.experiment import train
+
+    evaluate = train.evaluate
+
+    def slow_evaluate(*args, **kwargs):  # every evaluation outlasts the interval, however fast the machine
+        time.sleep(0.06)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", slow_evaluate)
     data = 'synth = { n = 61, size = 64, seed = 3, classes = "elliptical,spiral,edge-on" }'  # made in this test
     suite = write_suite(tmp_path, seeds=2, epochs=2, data=data)
     code, out, err = cli("run", suite, "--out", tmp_path / "run", "--no-report")
@@ -38,15 +49,24 @@ def test_a_run_with_stderr_captured_logs_runs_data_and_status_lines(cli, tmp_pat
     assert "simulating galaxies: started, 61 galaxies" in texts
     assert any(text.startswith("simulating galaxies: finished 61/61 in") for text in texts)
     assert "2 runs to do" in texts
+    accuracies = []
     for seed in (0, 1):
         start = texts.index(f"scratch seed {seed}: started (2 epochs)")
         stop = next(k for k, text in enumerate(texts) if text.startswith(f"scratch seed {seed}: finished, test acc"))
         assert texts[stop].endswith(f"({seed + 1}/2 runs)")
+        accuracies.append(texts[stop].split("test acc ")[1].split()[0])
         # while a run trains, a status line at least every interval (one-second stamps, some slack for load)
         during = [moment for moment, _ in lines[start:stop + 1]]
         assert max((b - a).total_seconds() for a, b in zip(during, during[1:], strict=False)) <= 3
         assert any("training" in text for text in texts[start:stop])
     assert "results in" in err and "\x1b[" not in err  # no terminal control codes in a log
+    # the same command again reads both runs back and says so, run by run
+    code, _, err = cli("run", suite, "--out", tmp_path / "run", "--no-report")
+    assert code == 0, err
+    texts = [text for _, text in _stamped(err)]
+    assert [t for t in texts if "finished" in t and "seed" in t] == [
+        f"scratch seed {seed}: finished earlier (read back), test acc {acc} ({seed + 1}/2 runs)"
+        for seed, acc in enumerate(accuracies)]
 
 
 def test_a_classification_logs_plain_progress(cli, tmp_path, finished_suite):

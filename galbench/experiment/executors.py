@@ -77,7 +77,8 @@ class LocalExecutor:
         results = []
         for job in jobs:
             result = _finished(job)
-            if result is None:
+            fresh = result is None
+            if fresh:
                 _attach_init(job.spec, inits[job.init_key])
                 train, val, test = data.for_run(job.split_key, job.size_label)
                 if display:
@@ -88,8 +89,10 @@ class LocalExecutor:
             results.append(result)
             if on_result:
                 on_result(job, result)
-            if display:
+            if display and fresh:
                 display.end_run(result)
+            elif display:
+                display.finished_earlier(_display_name(job), job.spec.seed, result)
         return results
 
 
@@ -214,6 +217,8 @@ class RayExecutor:
                 results[job.run_dir.name] = finished
                 if on_result:
                     on_result(job, finished)
+                if display:
+                    display.finished_earlier(_display_name(job), job.spec.seed, finished)
             else:
                 submit(job)
 
