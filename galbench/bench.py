@@ -172,7 +172,6 @@ def gpu(out: Path, quick: bool = False, phases: tuple[str, ...] = GPU_PHASES) ->
     last, and the JSON file is rewritten after each, so a run stopped by a time limit keeps what it measured.
     """
     from galbench.data.tensors import SplitImages
-    from galbench.experiment.runner import catalog_path
 
     began = time.perf_counter()
     size, batch = (64, 32) if quick else (224, 512)
@@ -181,7 +180,7 @@ def gpu(out: Path, quick: bool = False, phases: tuple[str, ...] = GPU_PHASES) ->
     # and forking a process that holds a CUDA context and its threads is best avoided.
     bench_suite = _bench_suite(quick)
     if "suite" in phases:
-        catalog_path(bench_suite, out)
+        bench_suite.catalog_file(out)
     source = tiled(_seed_catalog(size, 64 if quick else 1000), rows)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     target = out / f"{machine_name()}.json"
@@ -355,10 +354,12 @@ def tta(run_dir: Path, out: Path, repeats: int = 3) -> dict:
 
     run_dir = Path(run_dir)
     chosen = json.loads((run_dir / "export" / "exports.json").read_text())["winner"]
-    checkpoint_path = run_dir / "runs" / f"{chosen['variant']}__seed{chosen['seed']}" / "best.pt"
+    checkpoint_path = run_dir / "runs" / chosen.get("run", f"{chosen['variant']}__seed{chosen['seed']}") / "best.pt"
     checkpoint = load_checkpoint(checkpoint_path)
-    data = exportdata.from_run(run_dir, checkpoint["classes"], 64)
+    data = exportdata.from_run(run_dir, checkpoint, 64, training_images=True)
     catalog, labels, split = exportdata.run_catalog(run_dir)
+    if split.get("per_seed"):
+        split = split["seeds"][str(chosen["seed"])]
     test = np.asarray(split["test"])
     images = prepare_images(np.asarray(catalog.images[test]), checkpoint.get("crop", 1.0),
                             checkpoint["image_size"]).numpy()

@@ -275,29 +275,28 @@ def _cmd_pretrain_ssl(args) -> None:
                    probes=args.probes, seed=args.seed)
     with RunDisplay() as display:
         pretrain_ssl_files(args.out, args.data, args.probe_data, spec, resolve_device(args.device), display)
-    from galbench.models.weights import load_checkpoint
-
-    meta = load_checkpoint(args.out)["meta"]
-    cost, curve = meta["pretrain_cost"], meta["probe_curve"]
-    probes = (f"; probes k-NN {curve[0]['knn_accuracy']:.3f} -> {curve[-1]['knn_accuracy']:.3f}, linear "
-              f"{curve[0]['linear_probe_accuracy']:.3f} -> {curve[-1]['linear_probe_accuracy']:.3f} (majority class "
-              f"{meta['probe_majority_accuracy']:.3f}), plot {args.out.with_name(args.out.stem + '.probe.png')}"
-              if curve else "")
-    out.print(f"wrote {args.out}: {args.method} on {meta['pretrain_source']['rows']:,} images{probes}; cost "
-              f"{cost['samples']:,} samples, {cost['train_flops'] / 1e12:.2f} TFLOPs, "
-              f"{cost['device_seconds']:.1f} device-s (+{cost['eval_device_seconds']:.1f} probing), "
-              f"{cost['wall_seconds']:.1f} s wall")
+    _print_checkpoint_cost(args.out)
 
 
 def _print_checkpoint_cost(path: Path) -> None:
+    """The "wrote" line of a pretraining: what it learned (accuracy or probes) and what it cost."""
     from galbench.models.weights import load_checkpoint
 
     meta = load_checkpoint(path)["meta"]
-    cost = meta["pretrain_cost"]
-    err.print(f"wrote {path}: pretraining val accuracy {meta['pretrain_val_accuracy']:.3f}; cost "
-              f"{cost['samples']:,} samples, {cost['train_flops'] / 1e12:.2f} TFLOPs, "
-              f"{cost['device_seconds']:.1f} device-s, {cost['wall_seconds']:.1f} s wall "
-              f"(+{cost['generation_seconds']:.1f} s generating data)")
+    cost, curve = meta["pretrain_cost"], meta.get("probe_curve")
+    if curve:  # self-supervised: no accuracy of its own, the probes say whether it learned
+        learned = (f"{meta['pretrain_source']['method']} on {meta['pretrain_source']['rows']:,} images; probes k-NN "
+                   f"{curve[0]['knn_accuracy']:.3f} -> {curve[-1]['knn_accuracy']:.3f}, linear "
+                   f"{curve[0]['linear_probe_accuracy']:.3f} -> {curve[-1]['linear_probe_accuracy']:.3f} (majority "
+                   f"class {meta['probe_majority_accuracy']:.3f}), plot {path.with_name(path.stem + '.probe.png')}")
+    elif "pretrain_val_accuracy" in meta:
+        learned = f"pretraining val accuracy {meta['pretrain_val_accuracy']:.3f}"
+    else:
+        learned = f"{meta['pretrain_source'].get('method', 'self-supervised')} on {meta['pretrain_source']['rows']:,} images"
+    err.print(f"wrote {path}: {learned}; cost {cost['samples']:,} samples, {cost['train_flops'] / 1e12:.2f} TFLOPs, "
+              f"{cost['device_seconds']:.1f} device-s (+{cost['eval_device_seconds']:.1f} evaluating), "
+              f"{cost['wall_seconds']:.1f} s wall (+{cost['generation_seconds']:.1f} s generating data)",
+              highlight=False)
 
 
 def _cmd_export(args) -> None:
@@ -307,11 +306,11 @@ def _cmd_export(args) -> None:
 
     if args.data is not None and args.run is not None:
         raise GalbenchError("give at most one of --data and --run")
-    classes = load_checkpoint(args.checkpoint)["classes"]
+    checkpoint = load_checkpoint(args.checkpoint)
     if args.run is not None:
-        data = exportdata.from_run(args.run, classes, args.parity_images)
+        data = exportdata.from_run(args.run, checkpoint, args.parity_images, training_images=args.int8)
     elif args.data is not None:
-        data = exportdata.from_catalog(args.data, classes, args.parity_images)
+        data = exportdata.from_catalog(args.data, checkpoint["classes"], args.parity_images, training_images=args.int8)
     else:  # no data given: check parity on freshly simulated galaxies
         from galbench.data.synth import SynthParams, synthesize
 

@@ -196,6 +196,12 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def relative_path(value: str | os.PathLike, base: Path) -> Path:
+    """A path from a suite file: absolute (or ~), else relative to the suite file's folder."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(base) / path
+
+
 def cache_dir(kind: str) -> Path:
     """galbench's cache folder for one kind of artefact ($GALBENCH_CACHE or ~/.cache/galbench)."""
     root = Path(os.environ.get("GALBENCH_CACHE", Path.home() / ".cache" / "galbench"))

@@ -125,3 +125,16 @@ def finished_suite(tmp_path_factory) -> Path:
     out = folder / "run"
     assert main(["run", str(suite), "--out", str(out), "--no-report"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def finished_suite_images(finished_suite):
+    """The finished suite's catalog images and labels (all rows), and its split (split.json)."""
+    import json
+
+    from galbench.data.catalog import read_catalog
+
+    resolved = json.loads((finished_suite / "suite.resolved.json").read_text())
+    split = json.loads((finished_suite / "split.json").read_text())
+    catalog = read_catalog(resolved["catalog_path"])
+    return np.asarray(catalog.images), catalog.labels, split

@@ -9,7 +9,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from galbench.data.catalog import read_catalog
 from galbench.inference.calibrate import (
     calibrate,
     fit_temperature,
@@ -83,18 +82,9 @@ def overconfident_checkpoint(finished_suite, tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def suite_images(finished_suite):
-    """The suite's catalog images and labels, and its split."""
-    resolved = json.loads((finished_suite / "suite.resolved.json").read_text())
-    split = json.loads((finished_suite / "split.json").read_text())
-    catalog = read_catalog(resolved["catalog_path"])
-    return np.asarray(catalog.images), catalog.labels, split
-
-
 def test_export_calibrates_an_overconfident_model_and_the_temperature_reproduces(overconfident_checkpoint,
-                                                                                 suite_images, tmp_path):
-    images, labels, split = suite_images
+                                                                                 finished_suite_images, tmp_path):
+    images, labels, split = finished_suite_images
     val = np.asarray(split["val"] + split["test"])  # 120 galaxies: enough bins to see the ECE move
     out = tmp_path / "over.onnx"
     meta = export_onnx(overconfident_checkpoint, out, images[val[:16]], val_images=images[val], val_labels=labels[val])

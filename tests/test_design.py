@@ -196,3 +196,24 @@ def test_the_best_checkpoint_is_chosen_by_the_thresholds_metric(design_run):
         assert row["best_val_score"] == row["best_val_balanced_accuracy"] == best
         first = next(p for p in row["curve"] if p["val_balanced_accuracy"] == best)  # the first to reach it
         assert row["best_val_accuracy"] == first["val_accuracy"]
+
+
+def test_export_data_of_a_per_seed_run_is_the_checkpoints_own_seeds_split(design_run):
+    from galbench.errors import GalbenchError
+    from galbench.inference import exportdata
+
+    out, _ = design_run
+    split = json.loads((out / "split.json").read_text())
+    catalog = read_catalog(json.loads((out / "suite.resolved.json").read_text())["catalog_path"])
+    for seed in ("0", "2"):
+        checkpoint = load_checkpoint(out / "runs" / f"scratch__seed{seed}" / "best.pt")
+        data = exportdata.from_run(out, checkpoint, 4, training_images=True)
+        rows = split["seeds"][seed]
+        np.testing.assert_array_equal(data.val_images, catalog.images[rows["val"]])
+        np.testing.assert_array_equal(data.val_labels, catalog.labels[rows["val"]])
+        np.testing.assert_array_equal(data.train_images, catalog.images[rows["train"]])
+    checkpoint["meta"]["seed"] = 7  # a checkpoint of a seed this run directory never ran
+    with pytest.raises(GalbenchError, match="no split for the checkpoint's seed 7"):
+        exportdata.from_run(out, checkpoint, 4, training_images=False)
+    assert exportdata.from_run(out, load_checkpoint(out / "runs" / "scratch__seed1" / "best.pt"), 4,
+                               training_images=False).train_images is None

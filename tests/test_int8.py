@@ -8,17 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from galbench.data.catalog import read_catalog
 from galbench.errors import GalbenchError
 from galbench.inference.export import export_onnx, read_metadata
-
-
-@pytest.fixture(scope="module")
-def run_data(finished_suite):
-    resolved = json.loads((finished_suite / "suite.resolved.json").read_text())
-    split = json.loads((finished_suite / "split.json").read_text())
-    catalog = read_catalog(resolved["catalog_path"])
-    return np.asarray(catalog.images), catalog.labels, split
 
 
 def test_cli_int8_export_passes_the_gate_and_classifies(cli, finished_suite, tmp_path):
@@ -45,8 +36,8 @@ def test_cli_int8_export_passes_the_gate_and_classifies(cli, finished_suite, tmp
     assert table.meta["PRECISN"] == "int8" and len(table) == 300
 
 
-def test_int8_gate_fails_when_calibrated_on_black_images(finished_suite, run_data, tmp_path):
-    images, labels, split = run_data
+def test_int8_gate_fails_when_calibrated_on_black_images(finished_suite, finished_suite_images, tmp_path):
+    images, labels, split = finished_suite_images
     val = np.asarray(split["val"])
     black = np.zeros((64, 3, 64, 64), np.uint8)  # activation ranges of an empty sky: real galaxies saturate them
     out = tmp_path / "bad.onnx"
@@ -57,8 +48,8 @@ def test_int8_gate_fails_when_calibrated_on_black_images(finished_suite, run_dat
     assert not out.exists() and not out.with_suffix(".pt").exists()
 
 
-def test_int8_needs_labelled_validation_images(finished_suite, run_data, tmp_path):
-    images, _, _ = run_data
+def test_int8_needs_labelled_validation_images(finished_suite, finished_suite_images, tmp_path):
+    images, _, _ = finished_suite_images
     with pytest.raises(GalbenchError, match="int8 export needs"):
         export_onnx(finished_suite / "runs" / "scratch__seed0" / "best.pt", tmp_path / "x.onnx", images[:8],
                     int8=True, int8_images=images[:64])

@@ -142,9 +142,8 @@ def test_a_size_grid_runs_every_variant_size_and_seed_and_resumes_mid_grid(tmp_p
 
 def test_every_arm_at_a_size_trains_on_the_galaxies_split_json_names(tmp_path):
     suite, base = _suite(tmp_path, "data.split.per_seed=true", "suite.seeds=[0, 4]")
-    from galbench.experiment.runner import catalog_path
 
-    data = SuiteData(suite, catalog_path(suite, base), torch.device("cpu"))
+    data = SuiteData(suite, suite.catalog_file(base), torch.device("cpu"))
     record = data.record()
     for seed in (0, 4):
         key = data.split_key(seed)
@@ -186,3 +185,28 @@ def test_a_step_budget_run_interrupted_between_checkpoints_resumes_exactly(tmp_p
     assert [[p[k] for k in keys] for p in resumed["curve"]] == [[p[k] for k in keys] for p in whole["curve"]]
     assert [p["epochs"] for p in whole["curve"]] == [2.0, 4.0, 6.0]
     assert resumed["test_predictions"] == whole["test_predictions"]
+
+
+def test_every_training_step_is_billed_when_evaluations_fall_mid_epoch(tmp_path, monkeypatch):
+    """A step budget on a small subset spreads few evaluations over many short epochs: the steps after an
+    epoch's last evaluation count too. A fake clock advances one second per training step and never otherwise,
+    so the device-seconds must equal the number of steps exactly."""
+    from galbench.experiment import accounting, train
+
+    clock = [0.0]
+    real_augment = train.augment
+
+    def stepping_augment(*args, **kwargs):  # called once per training step, never in evaluation
+        clock[0] += 1.0
+        return real_augment(*args, **kwargs)
+
+    monkeypatch.setattr(train, "augment", stepping_augment)
+    monkeypatch.setattr(accounting.Stopwatch, "now", lambda self: clock[0])
+    suite, base = _suite(tmp_path, "suite.train_sizes=[6]", "train.steps=9", "train.evals=2", "train.batch_size=3")
+    _, results = run_suite(suite, base, out=tmp_path / "out")
+    assert len(results) == 2
+    for row in results:
+        assert row["totals"]["samples"] == 9 * 3 and row["totals"]["epochs"] == 4.5  # 2 steps an epoch
+        assert row["totals"]["device_seconds"] == 9.0 and row["totals"]["eval_device_seconds"] == 0.0
+        # cumulative at each evaluation: one second per step taken by then
+        assert [p["device_seconds"] for p in row["curve"]] == [p["samples"] / 3 for p in row["curve"]]

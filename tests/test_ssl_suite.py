@@ -225,4 +225,4 @@ def test_sigkill_mid_pretraining_then_rerun_resumes_and_matches_an_uninterrupted
         assert a["meta"][key] == b["meta"][key]
     for key in ("samples", "train_flops", "eval_flops"):
         assert a["meta"]["pretrain_cost"][key] == b["meta"]["pretrain_cost"][key]
-    assert "k-NN" in rerun.stdout and "wrote" in rerun.stdout
+    assert "k-NN" in rerun.stderr and "wrote" in rerun.stderr  # "wrote" lines go to stderr, as every command's

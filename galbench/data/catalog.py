@@ -292,11 +292,6 @@ def catalog_summary(catalog: Catalog) -> dict:
     return summary
 
 
-def labelled_subset(catalog: Catalog) -> np.ndarray:
-    """Row indices whose label is known."""
-    return np.flatnonzero(catalog.labels >= 0)
-
-
 def release_pages(images: np.ndarray, start: int, stop: int) -> None:
     """Tell the OS that rows [start, stop) of a memory-mapped image cube are done with.
 

@@ -15,7 +15,7 @@ from astropy.table import Table
 from PIL import Image, UnidentifiedImageError
 
 from galbench.data.catalog import Catalog
-from galbench.data.stretch import format_stretch, load_fits_image, parse_stretch
+from galbench.data.stretch import format_stretch, load_fits_image, parse_stretch, stretch_bands
 from galbench.errors import GalbenchError
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".fits", ".fit")
@@ -82,21 +82,13 @@ def load_image(path: Path, stretch: dict | None = None) -> tuple[np.ndarray, int
             img.load()
             if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
                 # 16-bit or float greyscale: PIL's conversion to 8 bits clips at 255 instead of scaling
-                return _stretch_to_uint8(np.repeat(np.asarray(img)[..., None], 3, axis=2), "image"), 0
+                bands = np.repeat(np.asarray(img, dtype=np.float64)[None], 3, axis=0)
+                if not np.isfinite(bands).all():
+                    raise ValueError("image has NaN or infinite pixels")
+                return stretch_bands(bands, parse_stretch(None)), 0  # minmax: from its own range
             return np.asarray(img.convert("RGB")), 0
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"cannot decode image ({exc})") from None
-
-
-def _stretch_to_uint8(data: np.ndarray, what: str) -> np.ndarray:
-    """Scale an image of any number type linearly from its own minimum and maximum to 0..255."""
-    if data.dtype == np.uint8:
-        return data
-    data = data.astype(np.float64)
-    if not np.isfinite(data).all():
-        raise ValueError(f"{what} has NaN or infinite pixels")
-    low, high = float(data.min()), float(data.max())
-    return ((data - low) / (high - low or 1.0) * 255).round().astype(np.uint8)
 
 
 def _decode_all(paths: list[Path], crop, size, stretch: dict, strict: bool, report: ImportReport,

@@ -46,20 +46,31 @@ FLOP_FORMULAS = {
 }
 
 
+def count_flops(step, image_size: int, device: torch.device, batch: int = 2) -> int:
+    """FLOPs per image of `step(images)` on a zero batch, counted by torch with galbench's corrections.
+
+    Two images: batch statistics are per sample for these models, and two avoid any size-1 special case.
+    """
+    images = torch.zeros(batch, 3, image_size, image_size, device=device)
+    counter = FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS)
+    with counter:
+        step(images)
+    return int(counter.get_total_flops() // batch)
+
+
 def flops_per_sample(model: nn.Module, image_size: int, device: torch.device, backward: bool) -> int:
     """FLOPs of one sample's forward (and backward) pass, counted by torch at the real input size."""
     model = copy.deepcopy(model)  # a training-mode pass would move batch norms' running statistics
     model.train(backward)
-    batch = 2  # batch statistics are per sample for AlexNet; two samples avoid any size-1 special case
-    images = torch.zeros(batch, 3, image_size, image_size, device=device)
-    counter = FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS)
-    with counter:
+
+    def step(images: torch.Tensor) -> None:
         if backward:
             model(images).sum().backward()
         else:
             with torch.no_grad():
                 model(images)
-    return int(counter.get_total_flops() // batch)
+
+    return count_flops(step, image_size, device)
 
 
 def _text(value) -> str:

@@ -8,6 +8,7 @@ import torch
 
 from galbench.errors import GalbenchError
 from galbench.experiment.suite import Suite, Variant
+from galbench.fileio import relative_path
 from galbench.models.registry import TIMM_PREFIX
 from galbench.models.timm_models import imagenet_backbone
 from galbench.models.weights import imagenet_state_dict, load_checkpoint
@@ -42,9 +43,3 @@ def resolve_init(variant: Variant, suite: Suite, base: Path, device: torch.devic
     checkpoint_path = pretrain.ensure_for_variant(variant, suite, base, device, display, replicate)
     checkpoint = load_checkpoint(checkpoint_path)
     return checkpoint["state_dict"], checkpoint["meta"].get("pretrain_cost", {})
-
-
-def relative_path(value: str, base: Path) -> Path:
-    """A path from a suite file: absolute, or relative to the suite file's folder."""
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else base / path

@@ -19,7 +19,6 @@ from galbench.data.catalog import Catalog, read_catalog
 from galbench.data.fractal import FractalParams, cached_fractal_set
 from galbench.data.synth import cached_synth_catalog, synth_generation_seconds
 from galbench.data.tensors import SplitImages, stratified_split
-from galbench.errors import GalbenchError
 from galbench.experiment.ssl import ensure_ssl_pretraining, plan_ssl_pretraining
 from galbench.experiment.suite import (
     AugmentSection,
@@ -154,9 +153,7 @@ def _catalog_pretraining_key(section: PretrainedSection, model: str, suite: Suit
     if section.synth is not None:
         catalog_file, identity = None, {"synth": section.synth.model_dump()}
     else:
-        catalog_file = Path(section.catalog) if Path(section.catalog).is_absolute() else base / section.catalog
-        if not catalog_file.exists():
-            raise GalbenchError("pretraining catalog not found", where=str(catalog_file))
+        catalog_file = section.catalog_file(base)
         identity = {"catalog": str(catalog_file.resolve()), "mtime": catalog_file.stat().st_mtime}
     key = {"kind": "catalog", **identity, "model": model, "image_size": image_size, "epochs": section.epochs,
            "lr": section.lr, "batch_size": section.batch_size, **({"seed": replicate} if replicate else {})}

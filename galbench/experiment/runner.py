@@ -31,9 +31,7 @@ import torch
 
 from galbench import __version__
 from galbench.data.catalog import Catalog, read_catalog
-from galbench.data.synth import cached_synth_catalog
 from galbench.data.tensors import SplitImages, map_classes, stratified_split, train_subset
-from galbench.errors import GalbenchError
 from galbench.experiment.pretrain import pretraining_path
 from galbench.experiment.suite import Suite
 from galbench.experiment.train import RunSpec, resolve_device, resolve_precision
@@ -63,18 +61,6 @@ class PreparedData:
     val: SplitImages
     test: SplitImages
     catalog: Catalog
-
-
-def catalog_path(suite: Suite, base: Path, progress_factory=None) -> Path:
-    """The suite's catalog file: its own path (relative to the suite file) or the cached synth file."""
-    if suite.data.synth is not None:
-        return cached_synth_catalog(suite.data.synth.model_dump(), progress_factory)
-    path = Path(suite.data.catalog)
-    path = path if path.is_absolute() else base / path
-    if not path.exists():
-        how = f"; create it with: {suite.data.create_with}" if suite.data.create_with else ""
-        raise GalbenchError(f"catalog file not found{how}", where=str(path))
-    return path
 
 
 @dataclass
@@ -263,6 +249,7 @@ def plan_jobs(suite: Suite, base: Path, out: Path, classes: list[str], device_ov
 
     variants = {v.name: v for v in suite.variant}
     seed_position = {seed: k for k, seed in enumerate(suite.suite.seeds)}
+    pretrainings: dict[tuple[str, int], Path | None] = {}
     jobs = []
     for name, size, seed in run_order(list(variants), suite.train_size_list(), suite.suite.seeds):
         variant = variants[name]
@@ -270,7 +257,9 @@ def plan_jobs(suite: Suite, base: Path, out: Path, classes: list[str], device_ov
         if device_override:
             train_cfg = train_cfg.model_copy(update={"device": device_override})
         replicate = seed_position[seed] % suite.replicates_for(variant)  # round-robin over the seeds
-        pretrain = pretraining_path(variant, suite, base, replicate)
+        if (name, replicate) not in pretrainings:  # once each: a self-supervised one reads the catalog to know
+            pretrainings[(name, replicate)] = pretraining_path(variant, suite, base, replicate)
+        pretrain = pretrainings[(name, replicate)]
         label = suite.suite.size_label(size)
         meta = {"suite": suite.suite.name, "run": run_name(name, label, seed), "train_size_label": label,
                 "replicate": replicate if pretrain else None, "pretrain_id": pretrain.stem if pretrain else None}
@@ -299,7 +288,7 @@ def _run_suite(suite: Suite, base: Path, out: Path, device: torch.device, device
     from galbench.experiment.executors import make_executor
 
     progress_factory = display.bar if display else None
-    path = catalog_path(suite, base, progress_factory)
+    path = suite.catalog_file(base, progress_factory)
     data = SuiteData(suite, path, device)
     precision = resolve_precision(suite.train.precision, device)
     write_json_atomic(out / "suite.resolved.json", {**suite.model_dump(), "catalog_path": str(path),

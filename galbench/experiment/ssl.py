@@ -35,15 +35,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from galbench.data.catalog import read_catalog, release_pages
-from galbench.data.synth import cached_synth_catalog
+from galbench.data.synth import cached_synth_catalog, synth_generation_seconds
 from galbench.data.tensors import Normalizer, SplitImages, map_classes, stratified_split
 from galbench.data.views import ViewParams, make_view
 from galbench.errors import GalbenchError
-from galbench.experiment.accounting import Costs, EnergyMeter, Stopwatch, flops_per_sample
-from galbench.experiment.inits import relative_path
+from galbench.experiment.accounting import Costs, EnergyMeter, Stopwatch, count_flops, flops_per_sample
 from galbench.experiment.suite import SUITE_IMAGES, PretrainedSection, Suite, TrainSection, ViewsSection
 from galbench.experiment.train import (
     EventLog,
@@ -54,7 +52,7 @@ from galbench.experiment.train import (
     save_checkpoint,
 )
 from galbench.fileio import atomic_path, cache_dir, cache_entry, content_hash
-from galbench.models.registry import build_model, embed
+from galbench.models.registry import build_model, embed, embedding_size
 from galbench.models.weights import CHECKPOINT_FORMAT, load_checkpoint
 
 SSL_WEIGHT_DECAY = 1e-4  # AdamW; small, as usual for contrastive pretraining
@@ -139,7 +137,7 @@ class SSLNet(nn.Module):
             if isinstance(module, DROPOUTS):
                 module.p = 0.0
         self.encoder = encoder
-        features = encoder.num_features
+        features = embedding_size(encoder)
         if spec.method == "simclr":
             self.projection = heads.SimCLRProjectionHead(features, spec.hidden_dim, spec.projection_dim)
             self.criterion = lightly.loss.NTXentLoss(temperature=spec.temperature)
@@ -177,12 +175,7 @@ class SSLNet(nn.Module):
 def ssl_flops_per_image(net: SSLNet, image_size: int, device: torch.device) -> int:
     """FLOPs of one image's share of a training step: both views forward and backward (BYOL: + the target)."""
     probe = copy.deepcopy(net).train()  # a copy: the counting pass must not move batch-norm statistics
-    batch = 2
-    images = torch.zeros(batch, 3, image_size, image_size, device=device)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        probe.loss(images, images).backward()
-    return int(counter.get_total_flops() // batch)
+    return count_flops(lambda images: probe.loss(images, images).backward(), image_size, device)
 
 
 # --- probes -----------------------------------------------------------------------------------------------
@@ -287,7 +280,7 @@ class SSLTrainer:
         self.run_dir = run_dir
         torch.manual_seed(spec.seed)
         self.classes = probe.classes if probe else [UNLABELLED]
-        self.net = SSLNet(build_model(spec.model, len(self.classes)), spec).to(self.device)
+        self.net = SSLNet(build_model(spec.model, len(self.classes), spec.image_size), spec).to(self.device)
         self.train_flops = ssl_flops_per_image(self.net, spec.image_size, self.device)
         self.eval_flops = flops_per_sample(self.net.encoder, spec.image_size, self.device, backward=False)
         self.normalizer = Normalizer().to(self.device)
@@ -399,7 +392,8 @@ class SSLTrainer:
         return {k: v.detach() for k, v in encoder.state_dict().items()}
 
 
-def pretrain_ssl(spec: SSLSpec, images: SplitImages, probe: ProbeData | None, out: Path, display=None) -> Path:
+def pretrain_ssl(spec: SSLSpec, images: SplitImages, probe: ProbeData | None, out: Path, display=None,
+                 generation_seconds: float = 0.0) -> Path:
     """Self-supervised pretraining of `spec.model` on `images` (labels unused); writes a galbench checkpoint.
 
     Beside `out` go the event log (`.events.jsonl`) and, with probes, their plot (`.probe.png`). Work in
@@ -447,7 +441,7 @@ def pretrain_ssl(spec: SSLSpec, images: SplitImages, probe: ProbeData | None, ou
     losses = [{"epoch": e["epoch"], "loss": e["loss"]} for e in events if e["event"] == "ssl_epoch"]
     cost = {key: trainer.costs.as_dict()[key] for key in ("samples", "train_flops", "eval_flops", "device_seconds",
                                                           "eval_device_seconds", "wall_seconds", "energy_joules")}
-    cost["generation_seconds"] = 0.0  # the images existed already (a synth catalog's simulation is not counted)
+    cost["generation_seconds"] = round(generation_seconds, 3)  # simulating a synth catalog, where one was made
     majority = None
     if probe is not None:
         majority = float(np.bincount(probe.score.labels.cpu().numpy()).max() / len(probe.score))
@@ -536,6 +530,7 @@ class SSLPlan:
     classes: list[str]
     labels: np.ndarray
     probe_rows: dict[str, np.ndarray]
+    generation_seconds: float  # simulating the images, where a synth table was made for this pretraining
 
 
 def plan_ssl_pretraining(section: PretrainedSection, model: str, suite: Suite, base: Path, replicate: int = 0,
@@ -544,13 +539,13 @@ def plan_ssl_pretraining(section: PretrainedSection, model: str, suite: Suite, b
 
     Replicate r trains with seed r on the same images; replicate 0 keeps the cache key it always had.
     """
-    suite_file = (cached_synth_catalog(suite.data.synth.model_dump(), progress) if suite.data.synth is not None
-                  else relative_path(suite.data.catalog, base))
+    suite_file = suite.catalog_file(base, progress)
     suite_catalog = read_catalog(suite_file)
     classes, labels = map_classes(suite_catalog, suite.data.classes, suite.data.ttype_bins)
     splits = suite_splits(suite, labels)
     held_out_rows = np.unique(np.concatenate([s[part] for s in splits for part in ("val", "test")]))
     held_out = set(image_digests(suite_catalog.images, held_out_rows))
+    generation_seconds = 0.0  # the suite's own images, or a catalog file, existed already
     if section.catalog in SUITE_IMAGES:
         catalog, catalog_file = suite_catalog, suite_file
         rows = pretraining_rows(section.catalog, len(catalog), splits)
@@ -559,10 +554,9 @@ def plan_ssl_pretraining(section: PretrainedSection, model: str, suite: Suite, b
     else:
         if section.synth is not None:
             catalog_file = cached_synth_catalog(section.synth.model_dump(), progress)
+            generation_seconds = synth_generation_seconds(section.synth.model_dump()) or 0.0
         else:
-            catalog_file = relative_path(section.catalog, base)
-            if not catalog_file.exists():
-                raise GalbenchError("pretraining catalog not found", where=str(catalog_file))
+            catalog_file = section.catalog_file(base)
         catalog = read_catalog(catalog_file)
         rows = np.arange(len(catalog))
         image_size, crop = section.image_size or suite.data.image_size, 1.0
@@ -578,7 +572,7 @@ def plan_ssl_pretraining(section: PretrainedSection, model: str, suite: Suite, b
     spec = _spec_from_section(section, model, image_size, crop, source)
     spec.seed = replicate
     path = cache_dir("pretrain") / f"ssl-{spec.method}-{spec.identity()}.pt"
-    return SSLPlan(path, spec, catalog, rows, suite_catalog, classes, labels, probe_rows)
+    return SSLPlan(path, spec, catalog, rows, suite_catalog, classes, labels, probe_rows, generation_seconds)
 
 
 def ensure_ssl_pretraining(section: PretrainedSection, model: str, suite: Suite, base: Path, device: torch.device,
@@ -594,14 +588,13 @@ def ensure_ssl_pretraining(section: PretrainedSection, model: str, suite: Suite,
 
 def _pretrain_planned(plan: SSLPlan, suite: Suite, device: torch.device, display) -> Path:
     spec = plan.spec
-    build_model(spec.model, len(plan.classes), spec.image_size)  # fail early on an unknown model name or input size
     budget = suite.data.memory_budget_mb * 2**20
     images = SplitImages.build(plan.catalog.images, plan.rows, np.zeros(len(plan.catalog), dtype=np.int64),
                                spec.crop, spec.image_size, device, budget)
     probe = ProbeData(plan.classes, *(SplitImages.build(plan.suite_catalog.images, plan.probe_rows[part], plan.labels,
                                                         suite.data.crop, suite.data.image_size, device, budget)
                                       for part in ("fit", "score")))
-    return pretrain_ssl(spec, images, probe, plan.path, display=display)
+    return pretrain_ssl(spec, images, probe, plan.path, display=display, generation_seconds=plan.generation_seconds)
 
 
 def pretrain_ssl_files(out: Path, data: Path, probe_data: Path | None, spec: SSLSpec, device: torch.device,

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from galbench.errors import GalbenchError
-from galbench.fileio import content_hash
+from galbench.fileio import content_hash, relative_path
 from galbench.models.registry import check_model_name
 
 # suites shipped inside the package, runnable by name from any folder (`galbench run quickstart`)
@@ -284,6 +284,13 @@ class PretrainedSection(_Strict):
     probes: int = Field(4, ge=1)  # probe points after the one before training, evenly spaced, the last at the end
     knn_k: int = Field(20, ge=1)
 
+    def catalog_file(self, base: Path) -> Path:
+        """The file a pretraining on a catalog file reads (relative to the suite file); it must exist."""
+        path = relative_path(self.catalog, base)
+        if not path.exists():
+            raise GalbenchError("pretraining catalog not found", where=str(path))
+        return path
+
     @model_validator(mode="after")
     def _one_source(self):
         _exactly_one_source(self, "give exactly one of catalog or synth")
@@ -332,7 +339,8 @@ class Variant(_Strict):
         return value
 
 
-COSTS_TO = {"epochs": "epochs", "samples": "samples", "flops": "train_flops", "device_seconds": "device_seconds"}
+COSTS_TO = {"epochs": "epochs", "samples": "samples", "flops": "train_flops", "device_seconds": "device_seconds",
+            "energy_joules": "energy_joules"}
 
 
 class AnalysisSection(_Strict):
@@ -418,6 +426,18 @@ class Suite(_Strict):
             raise ValueError(f"analysis.primary {primary!r}: the threshold must be one of suite.thresholds "
                              f"({', '.join(f'{t:g}' for t in self.suite.thresholds)})")
         return {"kind": "cost_to_threshold", "cost": COSTS_TO[cost], "threshold": value}
+
+    def catalog_file(self, base: Path, progress_factory=None) -> Path:
+        """The suite's catalog file: its own path (relative to the suite file) or the cached synth file."""
+        if self.data.synth is not None:
+            from galbench.data.synth import cached_synth_catalog  # GalSim only where a suite simulates
+
+            return cached_synth_catalog(self.data.synth.model_dump(), progress_factory)
+        path = relative_path(self.data.catalog, base)
+        if not path.exists():
+            how = f"; create it with: {self.data.create_with}" if self.data.create_with else ""
+            raise GalbenchError(f"catalog file not found{how}", where=str(path))
+        return path
 
     def split_seeds(self) -> dict[int | None, int | list[int]]:
         """The seed of every split the runs use, by key: None for the one shared split, else each run seed.

@@ -251,10 +251,11 @@ def per_class_scores(confusion: np.ndarray) -> dict[str, list[float]]:
 
 
 def model_checkpoint(model: nn.Module, spec: RunSpec, extra_meta: dict) -> dict:
-    """A galbench checkpoint: weights plus the facts that travel with the model."""
+    """A galbench checkpoint: weights (still the model's own tensors: `cpu_copy` it) plus the facts that travel
+    with the model."""
     return {"format": CHECKPOINT_FORMAT, "model": spec.model, "classes": list(spec.classes),
             "image_size": spec.image_size, "crop": spec.crop,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "state_dict": {k: v.detach() for k, v in model.state_dict().items()},
             "meta": {"variant": spec.variant, "seed": spec.seed, "init": spec.init, **spec.meta, **extra_meta}}
 
 
@@ -501,6 +502,7 @@ class Trainer:
                 start = self.watch.now()
             if self.done:
                 break
+        costs.device_seconds += self.watch.now() - start  # the steps after the epoch's last evaluation
         self.epoch += 1
         return evaluated
 

@@ -40,24 +40,32 @@ def run_catalog(run_dir: Path) -> tuple[Catalog, np.ndarray, dict]:
     return catalog, labels, split
 
 
-def from_run(run_dir: Path, classes: list[str], parity_images: int) -> ExportData:
-    """The run's validation split and training split, labelled as the suite mapped them."""
+def from_run(run_dir: Path, checkpoint: dict, parity_images: int, training_images: bool) -> ExportData:
+    """The validation split of the checkpoint's own run (its seed's, where each seed has a split), labelled
+    as the suite mapped them; its training images too where `training_images` (int8 ranges)."""
     catalog, labels, split = run_catalog(run_dir)
+    classes = checkpoint["classes"]
     if split["classes"] != classes:
-        raise GalbenchError(f"the run's classes {split['classes']} differ from the checkpoint's {classes}",
-                            where=str(run_dir))
-    val, train = np.asarray(split["val"]), np.asarray(split["train"])
+        raise GalbenchError(f"the run's classes ({', '.join(split['classes'])}) differ from the checkpoint's "
+                            f"({', '.join(classes)})", where=str(run_dir))
+    if split.get("per_seed"):
+        seed = str(checkpoint.get("meta", {}).get("seed"))
+        if seed not in split["seeds"]:
+            raise GalbenchError(f"the run has no split for the checkpoint's seed {seed}", where=str(run_dir),
+                                fix="export a checkpoint of this run directory")
+        split = split["seeds"][seed]
+    val = np.asarray(split["val"])
     val_images = np.asarray(catalog.images[val])
-    return ExportData(val_images[:parity_images], val_images, labels[val], np.asarray(catalog.images[train]),
-                      catalog)
+    train = np.asarray(catalog.images[np.asarray(split["train"])]) if training_images else None
+    return ExportData(val_images[:parity_images], val_images, labels[val], train, catalog)
 
 
-def from_catalog(path: Path, classes: list[str], parity_images: int) -> ExportData:
+def from_catalog(path: Path, classes: list[str], parity_images: int, training_images: bool) -> ExportData:
     """A catalog's images; its labelled rows (class names as the checkpoint's) for calibration and the gate."""
     catalog = read_catalog(path)
     labelled = np.flatnonzero(catalog.labels >= 0)
-    data = ExportData(np.asarray(catalog.images[:parity_images]), train_images=np.asarray(catalog.images),
-                      catalog=catalog)
+    data = ExportData(np.asarray(catalog.images[:parity_images]), catalog=catalog,
+                      train_images=np.asarray(catalog.images) if training_images else None)
     if labelled.size and catalog.classes == classes:
         data.val_images, data.val_labels = np.asarray(catalog.images[labelled]), catalog.labels[labelled]
     return data

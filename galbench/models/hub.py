@@ -59,13 +59,14 @@ def hub_file(repo_id: str, filenames: tuple[str, ...], revision: str | None = No
     try:
         for filename in filenames:
             try:
-                return verified(Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache)))
+                downloaded = Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache))
             except errors.LocalEntryNotFoundError:
                 return None
             except absent:
                 continue
             except Exception:  # noqa: BLE001 - a proxy, an unknown repository, a server error
                 return None
+            return verified(downloaded)  # outside the try: a corrupt download says so, not "not cached"
     finally:
         logger.setLevel(level)
     return None

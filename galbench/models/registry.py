@@ -116,11 +116,6 @@ def build_model(name: str, num_classes: int, image_size: int | None = None) -> n
     return build_timm(name[len(TIMM_PREFIX):], num_classes, image_size)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters."""
-    return sum(p.numel() for p in model.parameters())
-
-
 def embedding_size(model: nn.Module) -> int:
     """Length of the embedding vector (`forward_head(..., pre_logits=True)`).
 

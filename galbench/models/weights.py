@@ -35,13 +35,7 @@ def imagenet_state_dict(path: str | os.PathLike | None = None) -> dict[str, torc
 
     weights = AlexNet_Weights.IMAGENET1K_V1
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise GalbenchError("ImageNet weights file not found", where=str(path))
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise GalbenchError(f"cannot read ImageNet weights ({type(exc).__name__})", where=str(path)) from None
+        state = read_weights_file(path)
     else:
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         try:

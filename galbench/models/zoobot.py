@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from galbench.errors import GalbenchError
+from galbench.fileio import relative_path
 from galbench.models.hub import hub_file, repo_folder
 from galbench.models.registry import TIMM_PREFIX
 from galbench.models.timm_models import WEIGHT_FILES, backbone_from_state
@@ -32,8 +33,7 @@ def zoobot_backbone(value: str, model: str, image_size: int | None, base: Path) 
     if not model.startswith(TIMM_PREFIX):
         raise GalbenchError(f"Zoobot encoders are timm models; model {model!r} is not",
                             fix="e.g. model = \"timm:efficientnet_b0\" with init = \"zoobot:efficientnet_b0\"")
-    path = Path(value).expanduser()
-    path = path if path.is_absolute() else base / path
+    path = relative_path(value, base)
     if path.exists() or "/" in value or "\\" in value or path.suffix in WEIGHT_SUFFIXES:
         weights, config = _local_files(path)
     else:
