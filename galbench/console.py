@@ -89,7 +89,11 @@ class PlainLog:
 
 
 def _rate(done: int, seconds: float, unit: str) -> str:
-    return f", {done / seconds:,.0f} {unit}/s" if unit and seconds > 0 and done else ""
+    """", 126 galaxies/s" or ", 0.21 epochs/s": whole numbers from 10 on, two significant digits below."""
+    if not (unit and seconds > 0 and done):
+        return ""
+    rate = done / seconds
+    return f", {rate:,.0f} {unit}/s" if rate >= 10 else f", {rate:.2g} {unit}/s"
 
 
 @contextlib.contextmanager

@@ -87,3 +87,10 @@ def test_quiet_silences_the_log_but_not_errors(cli, tmp_path):
     code, out, err = cli("-q", "run", suite, "--out", tmp_path / "run", "--no-report")
     assert code == 0 and err == ""
     assert "scratch" in out  # the results table still goes to stdout
+
+
+def test_plain_rates_keep_two_significant_digits_below_ten():
+    assert console._rate(3, 10.0, "epochs") == ", 0.3 epochs/s"  # not "0 epochs/s"
+    assert console._rate(7, 3.0, "epochs") == ", 2.3 epochs/s"
+    assert console._rate(19_799, 1.0, "galaxies") == ", 19,799 galaxies/s"
+    assert console._rate(5, 0.0, "epochs") == "" and console._rate(0, 1.0, "epochs") == ""
