@@ -75,3 +75,28 @@ def test_the_batch_norm_alexnet_exports_within_parity(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (8, 3, 64, 64), dtype=np.uint8)
     meta = export_onnx(tmp_path / "bn.pt", tmp_path / "bn.onnx", images)  # raises if ONNX Runtime disagrees
     assert float(meta["parity_max_abs_logit_difference"]) <= 1e-3 and meta["model"] == "alexnet-small-bn"
+    # and it computes what the trained model computes: the export's own torch twin is no reference, since a
+    # change to the weights while exporting (a training-mode pass moving the norms' statistics) fools parity
+    import onnxruntime as ort
+
+    from galbench.data.tensors import Normalizer
+
+    model.eval()
+    with torch.no_grad():
+        expected = model(Normalizer()(torch.from_numpy(images))).numpy()
+    session = ort.InferenceSession(str(tmp_path / "bn.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["logits"], {"images": images})[0], expected, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["alexnet-small-bn", "alexnet-tiny"])
+def test_preparing_for_export_changes_no_weight_or_statistic(name):
+    model = build_model(name, 3, 64).train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.prepare_for_export(64)
+    after = model.state_dict()
+    assert model.training  # the mode is given back as it was
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key

@@ -76,9 +76,17 @@ class AlexNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def prepare_for_export(self, image_size: int) -> None:
-        """ONNX exports AdaptiveAvgPool2d only where the input side divides evenly: use fixed weights."""
-        with torch.no_grad():
-            side = self.features(torch.zeros(1, 3, image_size, image_size)).shape[-1]
+        """ONNX exports AdaptiveAvgPool2d only where the input side divides evenly: use fixed weights.
+
+        The feature map's side is found by a forward pass in evaluation mode: in training mode the pass
+        would move batch norms' running statistics (the pass that sizes the pool must change no weight)."""
+        training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                side = self.features(torch.zeros(1, 3, image_size, image_size)).shape[-1]
+        finally:
+            self.train(training)
         self.avgpool = FixedAdaptivePool(side, 6)
 
 
