@@ -34,3 +34,23 @@ def test_gpu_script_phases_split_over_runs_keep_each_others_figures(tmp_path):
     both = json.loads(path.read_text())
     assert both["classify_torch_cpu"] == first["classify_torch_cpu"] and both["training"]["ratio_to_bare"] > 0
     assert set(both["phase_seconds"]) == {"data", "classify", "training"}
+
+
+def test_tta_script_measures_every_model_and_records_an_int8_refusal(finished_suite, tmp_path, monkeypatch):
+    from galbench.inference import quantize
+
+    monkeypatch.setattr(quantize, "passes_gate", lambda *args: False)  # as a model the gate refuses
+    result = bench.tta(finished_suite, tmp_path, repeats=1)
+    rows = {row["model"]: row for row in result["models"]}
+    assert len(rows) == 7
+    for name, row in rows.items():
+        if name.startswith("int8"):
+            assert "fails the parity gate" in row["refused"]
+        else:
+            assert 0 <= row["accuracy"] <= 1 and row["galaxies_per_second"] > 0 and row["temperature"] > 0
+    assert rows["fp32, 1 view, raw softmax"]["temperature"] == 1.0
+    written = json.loads(next(tmp_path.glob("tta-*.json")).read_text())
+    assert written["test_galaxies"] == result["test_galaxies"] > 0
+    # the exported model scores what the run's own evaluation scored on the same test images
+    winner = json.loads((finished_suite / "export" / "exports.json").read_text())["winner"]
+    assert abs(rows["fp32, 1 view"]["accuracy"] - winner["test_accuracy"]) < 1e-6

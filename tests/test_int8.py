@@ -54,3 +54,23 @@ def test_int8_needs_labelled_validation_images(finished_suite, finished_suite_im
         export_onnx(finished_suite / "runs" / "scratch__seed0" / "best.pt", tmp_path / "x.onnx", images[:8],
                     int8=True, int8_images=images[:64])
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_gate_at_its_edges_in_galaxies():
+    from galbench.inference.quantize import passes_gate
+
+    labels = np.zeros(200, dtype=int)
+    reference = labels.copy()
+    reference[:93] = 1  # fp32: 107 of 200 right (0.535)
+    one_more_wrong = reference.copy()
+    one_more_wrong[93] = 1  # int8: 106 right (0.530), exactly 0.5 points lower; 199 of 200 agree
+    assert passes_gate(reference, one_more_wrong, labels)  # 0.535 - 0.530 is 0.0050000000000000044 in floats
+    two_more_wrong = one_more_wrong.copy()
+    two_more_wrong[94] = 1
+    assert not passes_gate(reference, two_more_wrong, labels)  # 1 point lower
+    swapped = reference.copy()
+    swapped[[0, 1]], swapped[[100, 101]] = 0, 1  # same accuracy, 4 of 200 disagree: agreement 0.98
+    assert not passes_gate(reference, swapped, labels)
+    swapped_once = reference.copy()
+    swapped_once[0], swapped_once[100] = 0, 1  # same accuracy, 2 of 200 disagree: agreement exactly 0.99
+    assert passes_gate(reference, swapped_once, labels)
