@@ -37,6 +37,17 @@ import numpy as np
 import torch
 
 
+def _code_version(package: Path) -> str:
+    """Which galbench ran, without machine paths: the git commit of its checkout, or its folder's name."""
+    import subprocess
+
+    found = subprocess.run(["git", "-C", str(package), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    inside = subprocess.run(["git", "-C", str(package), "rev-parse", "--show-toplevel"], capture_output=True,
+                            text=True).stdout.strip()
+    if found.returncode == 0 and inside and Path(inside) in package.parents:
+        return f"git {found.stdout.strip()}"
+    return f"unversioned copy in a folder named {package.parent.name!r}"
+
 @contextmanager
 def _checkpoints(mode: str, counter: dict):
     """Patch galbench's checkpoint writing for one run: count bytes, or skip writing altogether."""
@@ -169,7 +180,7 @@ def main(argv=None) -> int:
                   f"{figures['blocked_seconds']:.2f} s on checkpoints", flush=True)
     median = {mode: statistics.median(values) for mode, values in walls.items()}
     result = {
-        "galbench": galbench.__version__, "galbench_path": str(Path(galbench.__file__).parent),
+        "galbench": galbench.__version__, "galbench_code": _code_version(Path(galbench.__file__).parent),
         "machine": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "platform": platform.platform(), "load_average": os.getloadavg(),
         "settings": {key: value for key, value in vars(args).items() if key not in ("out",)},
