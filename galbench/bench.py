@@ -359,9 +359,7 @@ def tta(run_dir: Path, out: Path, repeats: int = 3) -> dict:
     checkpoint = load_checkpoint(checkpoint_path)
     data = exportdata.from_run(run_dir, checkpoint, 64, training_images=True)
     catalog, labels, split = exportdata.run_catalog(run_dir)
-    if split.get("per_seed"):
-        split = split["seeds"][str(chosen["seed"])]
-    test = np.asarray(split["test"])
+    test = np.asarray(exportdata.seed_split(split, chosen["seed"], run_dir)["test"])
     images = prepare_images(np.asarray(catalog.images[test]), checkpoint.get("crop", 1.0),
                             checkpoint["image_size"]).numpy()
     truth = labels[test]

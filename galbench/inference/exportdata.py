@@ -40,6 +40,16 @@ def run_catalog(run_dir: Path) -> tuple[Catalog, np.ndarray, dict]:
     return catalog, labels, split
 
 
+def seed_split(split: dict, seed, run_dir: Path) -> dict:
+    """The rows a run of `seed` used: split.json's one split, or that seed's where each seed has its own."""
+    if not split.get("per_seed"):
+        return split
+    if str(seed) not in split["seeds"]:
+        raise GalbenchError(f"the run has no split for the checkpoint's seed {seed}", where=str(run_dir),
+                            fix="export a checkpoint of this run directory")
+    return split["seeds"][str(seed)]
+
+
 def from_run(run_dir: Path, checkpoint: dict, parity_images: int, training_images: bool) -> ExportData:
     """The validation split of the checkpoint's own run (its seed's, where each seed has a split), labelled
     as the suite mapped them; its training images too where `training_images` (int8 ranges)."""
@@ -48,12 +58,7 @@ def from_run(run_dir: Path, checkpoint: dict, parity_images: int, training_image
     if split["classes"] != classes:
         raise GalbenchError(f"the run's classes ({', '.join(split['classes'])}) differ from the checkpoint's "
                             f"({', '.join(classes)})", where=str(run_dir))
-    if split.get("per_seed"):
-        seed = str(checkpoint.get("meta", {}).get("seed"))
-        if seed not in split["seeds"]:
-            raise GalbenchError(f"the run has no split for the checkpoint's seed {seed}", where=str(run_dir),
-                                fix="export a checkpoint of this run directory")
-        split = split["seeds"][seed]
+    split = seed_split(split, checkpoint.get("meta", {}).get("seed"), run_dir)
     val = np.asarray(split["val"])
     val_images = np.asarray(catalog.images[val])
     train = np.asarray(catalog.images[np.asarray(split["train"])]) if training_images else None
