@@ -89,14 +89,29 @@ def test_the_batch_norm_alexnet_exports_within_parity(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["alexnet-small-bn", "alexnet-tiny"])
-def test_preparing_for_export_changes_no_weight_or_statistic(name):
-    model = build_model(name, 3, 64).train()
+@pytest.mark.parametrize("size", [64, 112, 224, 256])
+def test_preparing_for_export_keeps_the_function_and_every_statistic(name, size):
+    """The pool is replaced (and, up to 224 px, folded into the first linear layer), but the model computes
+    what it computed, logits and embeddings, and no batch-norm statistic moves."""
+    torch.manual_seed(0)
+    model = build_model(name, 3, size).train()
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    model.prepare_for_export(64)
-    after = model.state_dict()
+    norms_before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    images = torch.randn(4, 3, size, size)
+    model.eval()
+    with torch.no_grad():
+        logits, embeddings = model(images), model.forward_head(model.forward_features(images), pre_logits=True)
+    model.train()
+    model.prepare_for_export(size)
     assert model.training  # the mode is given back as it was
-    for key, value in before.items():
+    after = model.state_dict()
+    for key, value in norms_before.items():
         assert torch.equal(after[key], value), key
+    assert isinstance(model.avgpool, torch.nn.Identity) == (size <= 224)  # feature maps of at most 6 x 6
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.forward_head(model.forward_features(images), pre_logits=True), embeddings,
+                                   atol=1e-5, rtol=1e-5)
