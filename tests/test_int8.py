@@ -29,6 +29,15 @@ def test_cli_int8_export_passes_the_gate_and_classifies(cli, finished_suite, tmp
     assert weights  # convolution weights stored as int8
     scales = [w for w in proto.graph.initializer if w.name.endswith("_scale") and len(w.dims) == 1 and w.dims[0] > 1]
     assert scales  # per-channel scales
+    # the uint8 images are the first layer's quantised input, read as they are: no cast, no normalisation
+    assert gate["input"] == "uint8 images as they are"
+    readers = {node.op_type for node in proto.graph.node if "images" in node.input}
+    assert "Cast" not in readers and not any(node.op_type in ("Cast", "Sub", "Div") and node.name.startswith(
+        "/normalizer/") for node in proto.graph.node)
+    # and the logits come out of a float layer: not rounded to 256 levels before the softmax
+    assert gate["head"] == "float"
+    head = [node for node in proto.graph.node if node.op_type in ("Gemm", "MatMul")][-1]
+    assert not any(node.op_type == "QuantizeLinear" and head.output[0] in node.input for node in proto.graph.node)
     from galbench.inference.classify import classify
 
     resolved = json.loads((finished_suite / "suite.resolved.json").read_text())

@@ -38,6 +38,7 @@ from galbench.data.tensors import Normalizer, prepare_images
 from galbench.errors import GalbenchError
 from galbench.fileio import atomic_path, file_sha256
 from galbench.inference.calibrate import calibrate as fit_calibration
+from galbench.inference.fold import fold_division
 from galbench.inference.tta import VIEW_COUNTS, dihedral_views
 from galbench.models.registry import IMAGENET_MEAN, IMAGENET_STD, build_model, embedding_size
 from galbench.models.weights import load_checkpoint
@@ -69,11 +70,12 @@ class DeployedClassifier(nn.Module):
 
     def view_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw logits (V, N, C) and embeddings (V, N, D) of every view."""
-        inputs = self.normalizer(images)
+        # views turned while still uint8 (a quarter of the bytes of float views), then normalised, so that the
+        # graph's first convolution follows the normalisation directly (see fold.py)
+        inputs = self.normalizer(dihedral_views(images, self.views))
         if inputs.dtype != self.temperature.dtype:  # a half-precision model in torch; never in the exported graph
             inputs = inputs.to(self.temperature.dtype)
-        stacked = dihedral_views(inputs, self.views)
-        embeddings = self.model.forward_head(self.model.forward_features(stacked), pre_logits=True)
+        embeddings = self.model.forward_head(self.model.forward_features(inputs), pre_logits=True)
         logits = self.head(embeddings)
         return (logits.float().reshape(self.views, -1, logits.shape[-1]),
                 embeddings.float().reshape(self.views, -1, embeddings.shape[-1]))
@@ -208,7 +210,9 @@ def export_onnx(checkpoint_path: Path, out: Path, sample_images: np.ndarray, ext
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the converter warns about values it clamps to fp16's range
                 model_proto = to_fp16(model_proto)
-            onnx.save(model_proto, str(tmp))
+        else:
+            fold_division(model_proto)  # checked, like all of the graph, by the parity check below
+        onnx.save(model_proto, str(tmp))
         onnx.checker.check_model(model_proto, full_check=True)
         meta.update(_parity(ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]), deployed, images,
                             fp16, out))
