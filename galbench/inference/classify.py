@@ -35,6 +35,7 @@ from galbench.inference.output import check_writable, write_output
 from galbench.models.weights import load_checkpoint
 
 CHUNK_ROWS = 8192
+RELEASE_BYTES = 32 * 2**20  # finished image rows are dropped from memory in runs of this size, not per batch
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
@@ -231,29 +232,36 @@ def classify(input_path: str | Path, model: str | Path | None = None, run: str |
     outputs = wanted_outputs(meta, embeddings, model_path)
     if out is not None:
         check_writable(Path(out), embeddings)
-    catalog = read_input(input_path)
-    path_column = catalog.path_column if catalog.images is None else None
-    fetched_column = None
-    if catalog.images is None and path_column is None:
-        if fetch is not None:
-            path_column = fetched_column = _fetch_cutouts(catalog, meta, fetch, skip_bad, input_path)
-        else:
-            raise GalbenchError("no IMAGES HDU and no image_path column", where=str(input_path),
-                                fix="add an IMAGES HDU or a column image_path of JPEG/PNG/FITS paths, or pass "
-                                    "--fetch to fetch SDSS cutouts for its ra/dec")
-    labels = np.asarray(catalog.table["label"]) if "label" in catalog.table.colnames else None
-    if (labels is not None and catalog.classes is not None and (labels >= 0).any()
-            and catalog.classes != meta["classes"]):
-        raise GalbenchError(f"the catalog's classes ({', '.join(catalog.classes)}) do not match the model's "
-                            f"({', '.join(meta['classes'])})",
-                            where=str(input_path))
-    if copy_images and catalog.images is None:
-        raise GalbenchError("--copy-images needs a catalog with an IMAGES HDU", where=str(input_path))
     if batch_size < 1:
         raise GalbenchError("--batch-size must be at least 1")
     if executor == "ray" and backend == "torch":
         raise GalbenchError("the Ray executor classifies with ONNX Runtime", fix="use --backend auto or onnxruntime")
-    engine = choose_backend("onnxruntime" if executor == "ray" else backend, model_path, meta, batch_size, outputs)
+    # the backend's session is built while the catalog is read: neither needs the other, and each keeps a core busy
+    starting = ThreadPoolExecutor(max_workers=1)
+    pending_engine = starting.submit(choose_backend, "onnxruntime" if executor == "ray" else backend, model_path, meta,
+                                     batch_size, outputs)
+    try:
+        catalog = read_input(input_path)
+        path_column = catalog.path_column if catalog.images is None else None
+        fetched_column = None
+        if catalog.images is None and path_column is None:
+            if fetch is not None:
+                path_column = fetched_column = _fetch_cutouts(catalog, meta, fetch, skip_bad, input_path)
+            else:
+                raise GalbenchError("no IMAGES HDU and no image_path column", where=str(input_path),
+                                    fix="add an IMAGES HDU or a column image_path of JPEG/PNG/FITS paths, or pass "
+                                        "--fetch to fetch SDSS cutouts for its ra/dec")
+        labels = np.asarray(catalog.table["label"]) if "label" in catalog.table.colnames else None
+        if (labels is not None and catalog.classes is not None and (labels >= 0).any()
+                and catalog.classes != meta["classes"]):
+            raise GalbenchError(f"the catalog's classes ({', '.join(catalog.classes)}) do not match the model's "
+                                f"({', '.join(meta['classes'])})",
+                                where=str(input_path))
+        if copy_images and catalog.images is None:
+            raise GalbenchError("--copy-images needs a catalog with an IMAGES HDU", where=str(input_path))
+        engine = pending_engine.result()
+    finally:
+        starting.shutdown(wait=True)
     imported = {} if fetched_column else meta["resampling"]  # fetched cutouts come at the input's scale already
     source = _Source(catalog, meta["input_size"], meta["crop"], path_column, skip_bad, meta["stretch"],
                      imported.get("import_crop"), imported.get("import_size"))
@@ -397,12 +405,16 @@ def sdss_default_scale() -> float:
 def _local_chunk(engine, source: _Source, start: int, stop: int, batch_size: int, progress):
     """Classify rows [start, stop) here, batch by batch; returns (start, {output: values, bad, filled})."""
     parts: list[dict[str, np.ndarray]] = []
+    released = start
     for lo, (images, bad, filled) in _batches(source, start, stop, batch_size):
         parts.append({**engine(images), "bad": bad, "filled": filled})
-        if source.path_column is None:
-            release_pages(source.catalog.images, lo, lo + len(images))
+        if source.path_column is None and (lo + len(images) - released) * images[0].nbytes >= RELEASE_BYTES:
+            release_pages(source.catalog.images, released, lo + len(images))
+            released = lo + len(images)
         if progress:
             progress(len(images))
+    if source.path_column is None:
+        release_pages(source.catalog.images, released, stop)
     return start, {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
