@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from galbench.data.catalog import Catalog, read_catalog, write_catalog
+from galbench.errors import GalbenchError
 from galbench.inference.classify import classify, provider_options
 from galbench.inference.export import read_metadata
 from galbench.models.weights import load_checkpoint
@@ -113,6 +114,55 @@ def test_resume_reuses_finished_chunks_and_matches(monkeypatch, winner, sim_cata
     resumed = classify(sim_catalog, model=winner, out=out, batch_size=50, resume=True)
     assert sum(calls) == 100  # only the last chunk was computed again
     assert (resumed["pred_label"] == whole["pred_label"]).all() and not partial.exists()
+
+
+def test_finished_image_pages_are_released_in_runs_counted_in_catalog_rows(monkeypatch, winner, tmp_path):
+    """Catalog rows larger than the model's input (96 px for a 64 px model): the runs of released pages are
+    measured in the catalog's bytes, which are what stays mapped."""
+    from galbench.data.synth import SynthParams, synthesize
+
+    path = tmp_path / "large.fits"
+    write_catalog(path, synthesize(SynthParams(n=120, size=96, seed=5, classes="elliptical,spiral,edge-on"),
+                                   workers=1))
+    row_bytes = 3 * 96 * 96
+    monkeypatch.setattr(classify_module, "RELEASE_BYTES", 25 * row_bytes)
+    monkeypatch.setattr(classify_module, "CHUNK_ROWS", 100)
+    released = []
+    monkeypatch.setattr(classify_module, "release_pages", lambda images, start, stop: released.append((start, stop)))
+    classify(path, model=winner, batch_size=10)
+    assert released[0][0] == 0 and released[-1][1] == 120
+    assert all(a[1] == b[0] for a, b in zip(released, released[1:], strict=False))  # every row, once, in order
+    for start, stop in released:
+        if stop not in (100, 120):  # the end of a chunk releases what is left
+            assert 25 <= stop - start < 25 + 10, (start, stop)
+
+
+def test_a_bad_catalog_is_refused_without_waiting_for_the_backend(monkeypatch, winner, tmp_path):
+    """The session is built while the catalog is read; an unusable catalog is said at once all the same."""
+    import threading
+    import time
+
+    from astropy.table import Table
+
+    bad = tmp_path / "no-images.fits"
+    Table({"ra": [1.0, 2.0], "dec": [0.0, 0.5]}).write(bad)
+    building = threading.Event()
+    finish = threading.Event()
+    original = classify_module.choose_backend
+
+    def slow_backend(*args, **kwargs):
+        building.set()
+        finish.wait(60)  # a first TensorRT engine build, say
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(classify_module, "choose_backend", slow_backend)
+    started = time.monotonic()
+    try:
+        with pytest.raises(GalbenchError, match="no IMAGES HDU and no image_path column"):
+            classify(bad, model=winner)
+        assert building.is_set() and time.monotonic() - started < 30  # not the 60 s the build would take
+    finally:
+        finish.set()
 
 
 def test_provider_options_in_order_of_speed_with_trt_profiles(tmp_path):

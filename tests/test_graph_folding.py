@@ -15,21 +15,22 @@ IMAGENET_MEANS = np.array([123.675, 116.28, 103.53], np.float32)
 IMAGENET_STDS = np.array([58.395, 57.12, 57.375], np.float32)
 
 
-def _graph(means: np.ndarray, stds: np.ndarray) -> onnx.ModelProto:
+def _graph(means: np.ndarray, stds: np.ndarray, pads=(PAD,) * 4, strides=(STRIDE, STRIDE),
+           kernel=(KERNEL, KERNEL), shape=(SIZE, SIZE)) -> onnx.ModelProto:
     """images (uint8) -> Cast -> Sub(means) -> Div(stds) -> Conv(11 x 11, stride 4, pads 2) -> out."""
     rng = np.random.default_rng(0)
-    weight = rng.normal(0, 0.1, (5, 3, KERNEL, KERNEL)).astype(np.float32)
+    weight = rng.normal(0, 0.1, (5, 3, *kernel)).astype(np.float32)
     bias = rng.normal(0, 0.1, 5).astype(np.float32)
     nodes = [helper.make_node("Cast", ["images"], ["float"], to=TensorProto.FLOAT),
              helper.make_node("Sub", ["float", "mean"], ["centred"]),
              helper.make_node("Div", ["centred", "std"], ["normalised"]),
-             helper.make_node("Conv", ["normalised", "w", "b"], ["out"], kernel_shape=[KERNEL, KERNEL],
-                              strides=[STRIDE, STRIDE], pads=[PAD] * 4, name="conv")]
+             helper.make_node("Conv", ["normalised", "w", "b"], ["out"], kernel_shape=list(kernel),
+                              strides=list(strides), pads=list(pads), name="conv")]
     inits = [numpy_helper.from_array(means.reshape(1, 3, 1, 1), "mean"),
              numpy_helper.from_array(stds.reshape(1, 3, 1, 1), "std"),
              numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.UINT8,
-                                                                         ["n", 3, SIZE, SIZE])],
+                                                                         ["n", 3, *shape])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 5, "h", "w"])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -64,6 +65,25 @@ def test_folding_for_raw_input_is_exact_where_the_band_means_are_whole_grey_leve
     conv = next(node for node in proto.graph.node if node.op_type == "Conv")
     assert list(next(a for a in conv.attribute if a.name == "pads").ints) == [0, 0, 0, 0]
     np.testing.assert_allclose(_run(proto, images), want, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pads", [(1, 0, 3, 2), (0, 2, 0, 1), (3, 1, 0, 0)])
+def test_folding_for_raw_input_puts_each_side_of_the_frame_where_it_belongs(pads):
+    """Uneven padding (ONNX order: top, left, bottom, right) on an image that is not square."""
+    means = np.array([124.0, 116.0, 104.0], np.float32)
+    proto = _graph(means, IMAGENET_STDS, pads=pads, strides=(2, 3), kernel=(5, 4), shape=(20, 27))
+    images = np.random.default_rng(2).integers(0, 256, (3, 3, 20, 27), dtype=np.uint8)
+    want = _run(proto, images)
+    assert fold_for_raw_input(proto)
+    np.testing.assert_allclose(_run(proto, images), want, atol=1e-4, rtol=1e-5)
+
+
+def test_folding_for_raw_input_needs_the_images_size():
+    proto = _graph(IMAGENET_MEANS, IMAGENET_STDS)
+    for dim in proto.graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.dim_param = "side"  # a size known only when the graph runs: no frame can be built
+    before = proto.SerializeToString()
+    assert fold_for_raw_input(proto) is None and proto.SerializeToString() == before
 
 
 def test_folding_for_raw_input_rounds_the_border_only_and_by_at_most_half_a_grey_level(images):

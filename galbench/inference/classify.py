@@ -260,8 +260,11 @@ def classify(input_path: str | Path, model: str | Path | None = None, run: str |
         if copy_images and catalog.images is None:
             raise GalbenchError("--copy-images needs a catalog with an IMAGES HDU", where=str(input_path))
         engine = pending_engine.result()
-    finally:
-        starting.shutdown(wait=True)
+    except BaseException:
+        # a bad catalog is said at once, not after the session (a TensorRT engine build can take minutes)
+        starting.shutdown(wait=False, cancel_futures=True)
+        raise
+    starting.shutdown()
     imported = {} if fetched_column else meta["resampling"]  # fetched cutouts come at the input's scale already
     source = _Source(catalog, meta["input_size"], meta["crop"], path_column, skip_bad, meta["stretch"],
                      imported.get("import_crop"), imported.get("import_size"))
@@ -408,7 +411,8 @@ def _local_chunk(engine, source: _Source, start: int, stop: int, batch_size: int
     released = start
     for lo, (images, bad, filled) in _batches(source, start, stop, batch_size):
         parts.append({**engine(images), "bad": bad, "filled": filled})
-        if source.path_column is None and (lo + len(images) - released) * images[0].nbytes >= RELEASE_BYTES:
+        if (source.path_column is None
+                and (lo + len(images) - released) * source.catalog.images[0].nbytes >= RELEASE_BYTES):
             release_pages(source.catalog.images, released, lo + len(images))
             released = lo + len(images)
         if progress:

@@ -147,13 +147,15 @@ def fold_for_raw_input(proto: onnx.ModelProto) -> str | None:
     kernel = found.weight.shape[2:]
     pads = list(_attribute(found.conv, "pads", [0] * 2 * len(kernel)))
     source = found.cast.input[0]
+    height, width = (dim.dim_value for dim in graph.input[0].type.tensor_type.shape.dim[2:])
+    if any(pads) and not (height > 0 and width > 0):
+        return None  # the frames need the images' size, fixed at export
     if any(pads):
         # the band means as frames around the images, joined on with Concat (Pad's constant is one scalar for
         # all bands). In pixel-major order (N, H, W, C), the layout quantised convolutions compute in: the
         # frames join whole rows of pixels, and the transpose back to (N, C, H, W) cancels against ONNX
         # Runtime's own change of layout before the convolution, so the images are transposed once
         top, left, bottom, right = pads
-        height, width = (dim.dim_value for dim in graph.input[0].type.tensor_type.shape.dim[2:])
         means = np.clip(np.rint(found.mean), 0, 255).astype(np.uint8)
         bands = len(found.mean)
         frames = {"left": (height, left), "right": (height, right), "top": (top, width + left + right),

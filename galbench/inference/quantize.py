@@ -91,8 +91,6 @@ def quantize_int8(fp32_path: Path, calibration_images: np.ndarray, val_images: n
     # an evenly spaced subset: ranges need variety, not every image
     step = max(1, len(calibration_images) // MAX_CALIBRATION_IMAGES)
     calibration = np.ascontiguousarray(calibration_images[::step][:MAX_CALIBRATION_IMAGES])
-    if len(calibration) > CALIBRATION_BATCH:  # whole batches only: the percentile histograms need equal batches
-        calibration = calibration[:len(calibration) - len(calibration) % CALIBRATION_BATCH]
     with tempfile.TemporaryDirectory(prefix="galbench-int8-") as work:
         folded, prepared, quantised = (Path(work) / name for name in ("folded.onnx", "prepared.onnx", "int8.onnx"))
         proto = onnx.load(str(fp32_path))

@@ -86,7 +86,8 @@ class AlexNet(nn.Module):
         Where the feature map is at most 6 pixels on a side (inputs under 224 px), the pool only averages or
         repeats pixels, a linear map that folds into the first linear layer: that layer then reads the
         feature map directly (64 px: 36 times fewer multiplications in the largest layer, and no pool).
-        The function computed is unchanged up to float rounding (tests compare with the trained model).
+        The function computed is unchanged up to float rounding (tests compare with the trained model), but
+        `classifier.1` then has other weights: this is for export only, never before loading a state dict.
 
         The feature map's side is found by a forward pass in evaluation mode: in training mode the pass
         would move batch norms' running statistics (the pass that sizes the pool must change no weight)."""
@@ -100,7 +101,7 @@ class AlexNet(nn.Module):
         channels, side = features.shape[1], features.shape[-1]
         pool = FixedAdaptivePool(side, 6)
         first = self.classifier[1]
-        if side > 6 or not isinstance(first, nn.Linear):
+        if side > 6 or not isinstance(first, nn.Linear) or first.in_features != channels * 36:  # or folded already
             self.avgpool = pool
             return
         # flatten(pool(x))[c*36 + 6i + j] = sum_hw P[i, h] P[j, w] x[c, h, w] = (x[c] flattened) @ kron(P, P).T
