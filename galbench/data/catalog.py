@@ -292,6 +292,36 @@ def catalog_summary(catalog: Catalog) -> dict:
     return summary
 
 
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14: map a range in one call
+
+
+def _mapped_range(images: np.ndarray, start: int, stop: int):
+    """The mmap under a memory-mapped image cube and the page-aligned (offset, length) of rows [start, stop)."""
+    base = images
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is None or not hasattr(base, "madvise") or stop <= start:
+        return None
+    origin = np.frombuffer(base, dtype=np.uint8).ctypes.data
+    row_bytes = int(np.prod(images.shape[1:])) * images.itemsize
+    first = images.ctypes.data - origin + start * row_bytes
+    aligned = first - first % mmap.PAGESIZE
+    return base, aligned, first - aligned + (stop - start) * row_bytes
+
+
+def populate_pages(images: np.ndarray, start: int, stop: int) -> None:
+    """Map rows [start, stop) of a memory-mapped image cube in now, in one call where the kernel can, so
+    that reading them later takes no page faults (touching one byte per page where it cannot)."""
+    found = _mapped_range(images, start, stop)
+    if found is None:
+        return  # in memory already
+    base, offset, length = found
+    try:
+        base.madvise(MADV_POPULATE_READ, offset, length)
+    except OSError:  # a kernel older than 5.14
+        np.asarray(images[start:stop]).reshape(-1)[::mmap.PAGESIZE].sum()
+
+
 def release_pages(images: np.ndarray, start: int, stop: int) -> None:
     """Tell the OS that rows [start, stop) of a memory-mapped image cube are done with.
 
@@ -299,14 +329,7 @@ def release_pages(images: np.ndarray, start: int, stop: int) -> None:
     kernel needs them; streaming a catalog larger than memory through once should not keep them. Dropping
     them is always safe: a later read maps them in again from the file. A no-op for in-memory arrays.
     """
-    base = images
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = getattr(base, "base", None)
-    if base is None or not hasattr(base, "madvise") or stop <= start:
-        return
-    origin = np.frombuffer(base, dtype=np.uint8).ctypes.data
-    row_bytes = int(np.prod(images.shape[1:])) * images.itemsize
-    first = images.ctypes.data - origin + start * row_bytes
-    page = mmap.PAGESIZE
-    aligned = first - first % page
-    base.madvise(mmap.MADV_DONTNEED, aligned, first - aligned + (stop - start) * row_bytes)
+    found = _mapped_range(images, start, stop)
+    if found is not None:
+        base, offset, length = found
+        base.madvise(mmap.MADV_DONTNEED, offset, length)
