@@ -180,15 +180,25 @@ class _Source:
 
 
 def _batches(source: _Source, start: int, stop: int, batch_size: int) -> Iterator[tuple[int, tuple]]:
-    """Batches of [start, stop), the next one prepared in a thread while the caller runs the current one."""
+    """Batches of [start, stop), the next one prepared in a thread while the caller runs the current one.
+
+    Rows read through the catalog's memory map are dropped from memory by the same thread once the caller
+    is done with them (when it asks for the next batch), in runs of RELEASE_BYTES of catalog rows.
+    """
     bounds = [(s, min(s + batch_size, stop)) for s in range(start, stop, batch_size)]
+    images = source.catalog.images
+    mapped = source.path_column is None
+    released = start
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(source.batch, *bounds[0]) if bounds else None
-        for index, (lo, _) in enumerate(bounds):
+        for index, (lo, hi) in enumerate(bounds):
             prepared = pending.result()
             if index + 1 < len(bounds):
                 pending = pool.submit(source.batch, *bounds[index + 1])
             yield lo, prepared
+            if mapped and ((hi - released) * images[0].nbytes >= RELEASE_BYTES or hi == stop):
+                pool.submit(release_pages, images, released, hi)
+                released = hi
 
 
 def resolve_model(model: Path | None, run_dir: Path | None) -> Path:
@@ -407,17 +417,10 @@ def sdss_default_scale() -> float:
 def _local_chunk(engine, source: _Source, start: int, stop: int, batch_size: int, progress):
     """Classify rows [start, stop) here, batch by batch; returns (start, {output: values, bad, filled})."""
     parts: list[dict[str, np.ndarray]] = []
-    released = start
-    for lo, (images, bad, filled) in _batches(source, start, stop, batch_size):
+    for _, (images, bad, filled) in _batches(source, start, stop, batch_size):
         parts.append({**engine(images), "bad": bad, "filled": filled})
-        if (source.path_column is None
-                and (lo + len(images) - released) * source.catalog.images[0].nbytes >= RELEASE_BYTES):
-            release_pages(source.catalog.images, released, lo + len(images))
-            released = lo + len(images)
         if progress:
             progress(len(images))
-    if source.path_column is None:
-        release_pages(source.catalog.images, released, stop)
     return start, {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
