@@ -152,12 +152,14 @@ def write_output(path: str | Path, table: Table, primary_header: fits.Header | N
         for key, value in stamp.items():
             if key not in primary.header:
                 primary.header[key] = value
-        header = table_hdu(table, {**stamp, **cards}, history, rows=False).header
-        records = fits_records(table, header) if images is None else None
+        header, records = None, None
+        if images is None:  # the rows written as records where they can be; astropy writes the rest
+            header = table_hdu(table, {**stamp, **cards}, history, rows=False).header
+            records = fits_records(table, header)
         with atomic_path(path) as tmp:
             if records is None:
-                hdus = [primary, table_hdu(table, {**stamp, **cards}, history)] + ([images] if images else [])
-                fits.HDUList(hdus).writeto(tmp, overwrite=True)
+                hdus = [primary, table_hdu(table, {**stamp, **cards}, history)]
+                fits.HDUList(hdus + ([images] if images is not None else [])).writeto(tmp, overwrite=True)
             else:
                 _write_table_file(tmp, primary, header, records)
         return path
