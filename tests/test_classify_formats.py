@@ -324,3 +324,14 @@ def test_columns_that_need_astropys_conversion_are_left_to_it(kind):
                   "non-ASCII text": np.asarray(["a", "b", "c", "é"])}[kind]
     header = output_module.table_hdu(table, {}, [], rows=False).header
     assert output_module.fits_records(table, header) is None
+
+
+def test_copy_images_puts_the_input_cube_beside_the_classified_table(winner, finished_suite, tmp_path):
+    resolved = json.loads((finished_suite / "suite.resolved.json").read_text())
+    out = tmp_path / "with-images.fits"
+    table = classify(resolved["catalog_path"], model=winner, out=out, copy_images=True)
+    with fits.open(out) as written, fits.open(resolved["catalog_path"]) as given:
+        assert [hdu.name for hdu in written] == ["PRIMARY", "CATALOG", "IMAGES"]
+        np.testing.assert_array_equal(written["IMAGES"].data, given["IMAGES"].data)
+    back = Table.read(out, hdu="CATALOG")
+    assert len(back) == len(table) and list(back["pred_label"]) == list(table["pred_label"])
