@@ -272,6 +272,7 @@ def test_a_model_with_corrupted_weights_is_refused(cli, winner, suite_catalog, t
 
 
 def _many_kinds_of_column(rows: int) -> Table:
+    from astropy import units as u
     from astropy.table import MaskedColumn
 
     rng = np.random.default_rng(3)
@@ -286,7 +287,8 @@ def _many_kinds_of_column(rows: int) -> Table:
     table["byte"] = rng.integers(0, 255, rows).astype(np.uint8)
     table["mag"] = rng.normal(17, 1, rows).astype(np.float32)
     table["ok"] = rng.random(rows) < 0.5
-    table["name"] = np.asarray([f"galaxy-{i}" for i in range(rows)])
+    table["name"] = np.asarray([f"galaxy-{i}" if i % 7 else "" for i in range(rows)])  # padded, and empty
+    table["flux"] = rng.uniform(0.1, 2.0, rows) * u.mJy  # a mixin column (Quantity)
     table["vector"] = rng.normal(0, 1, (rows, 5)).astype(np.float32)
     table["vector"].description = "a fixed-width float32 array column"
     table.meta["SURVEY"] = "test"
@@ -311,6 +313,7 @@ def test_catalogs_are_written_exactly_as_astropy_writes_them(monkeypatch, tmp_pa
     assert (tmp_path / "galbench.fits").read_bytes() == (tmp_path / "astropy.fits").read_bytes()
     back = Table.read(tmp_path / "galbench.fits", hdu="CATALOG")
     assert list(back["flag"].mask) == list(table["flag"].mask) and back["ra"].description == "right ascension"
+    assert list(np.ma.filled(back["name"], "")) == list(table["name"]) and back["flux"].unit == "mJy"
 
 
 @pytest.mark.parametrize("kind", ["int8", "uint16", "masked text", "non-ASCII text"])
