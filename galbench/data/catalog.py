@@ -121,23 +121,8 @@ def validate(catalog: Catalog, path: Path | str = "<catalog>") -> None:
 def read_catalog(path: str | os.PathLike, require_images: bool = True) -> Catalog:
     """Open a catalog FITS file lazily (images memory-mapped) and validate it."""
     path = Path(path)
-    if not path.exists():
-        raise GalbenchError("file not found", where=str(path))
-    if path.is_dir():
-        raise GalbenchError("is a folder, not a catalog FITS file", where=str(path))
-    with open(path, "rb") as handle:
-        magic = handle.read(3)
-    for signature, kind, tool in ((b"\x1f\x8b", "gzip", "gunzip"), (b"BZh", "bzip2", "bunzip2")):
-        if magic.startswith(signature):
-            raise GalbenchError(f"{kind}-compressed: galbench memory-maps the image cube, which a compressed "
-                                "file cannot offer", where=str(path), fix=f"decompress it first: {tool} -k {path}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # astropy's truncation warning; the checks below say it in one line
-        try:
-            hdul = fits.open(path, memmap=True, lazy_load_hdus=True)
-            names = [hdu.name for hdu in hdul]
-        except (OSError, ValueError) as exc:
-            raise _fail(path, None, f"not a readable FITS file ({exc})") from None
+    hdul = open_fits(path)
+    names = [hdu.name for hdu in hdul]
     if "CATALOG" not in names:
         raise _fail(path, None, f"no CATALOG HDU (found {', '.join(names)})",
                     "write catalogs with galbench data synth/import or galbench.data.catalog.write_catalog")
@@ -154,13 +139,46 @@ def read_catalog(path: str | os.PathLike, require_images: bool = True) -> Catalo
             table[column] = table[column].astype(str)
         elif dtype.kind in "iuf" and not dtype.isnative:
             table[column] = table[column].astype(dtype.newbyteorder("="))
-    header = cat_hdu.header
-    classes_text = header.get("CLASSES", "")
+    return catalog_from_hdus(hdul, table, path, require_images)
+
+
+def open_fits(path: Path) -> fits.HDUList:
+    """A FITS file opened lazily, its HDUs listed, image data memory-mapped; one clear error where it cannot be."""
+    if not path.exists():
+        raise GalbenchError("file not found", where=str(path))
+    if path.is_dir():
+        raise GalbenchError("is a folder, not a catalog FITS file", where=str(path))
+    refuse_compressed(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # astropy's truncation warning; the checks below say it in one line
+        try:
+            hdul = fits.open(path, memmap=True, lazy_load_hdus=True)
+            hdul.readall()
+        except (OSError, ValueError) as exc:
+            raise _fail(path, None, f"not a readable FITS file ({exc})") from None
+    return hdul
+
+
+def refuse_compressed(path: Path) -> None:
+    """Refuse a gzip- or bzip2-compressed catalog, saying how to decompress it."""
+    with open(path, "rb") as handle:
+        magic = handle.read(3)
+    for signature, kind, tool in ((b"\x1f\x8b", "gzip", "gunzip"), (b"BZh", "bzip2", "bunzip2")):
+        if magic.startswith(signature):
+            raise GalbenchError(f"{kind}-compressed: galbench memory-maps the image cube, which a compressed "
+                                "file cannot offer", where=str(path), fix=f"decompress it first: {tool} -k {path}")
+
+
+def catalog_from_hdus(hdul: fits.HDUList, table: Table, path: Path, require_images: bool = False) -> Catalog:
+    """The validated catalog of an open galbench catalog file, given its CATALOG table as read: the class
+    names from CATALOG's header, the IMAGES cube memory-mapped (where there is one) with its headers."""
+    classes_text = hdul["CATALOG"].header.get("CLASSES", "")
     classes = [name.strip() for name in str(classes_text).split(",")] if classes_text else []
     if not classes:
         raise _fail(path, "CATALOG", "header has no CLASSES key", "add CLASSES = 'name0,name1,...'")
     images = None
     bands, pixscale, source, preparation = "i,r,g", None, "", {}
+    names = [hdu.name for hdu in hdul]
     if "IMAGES" in names:
         img_hdu = hdul["IMAGES"]
         if not isinstance(img_hdu, fits.ImageHDU):
@@ -292,9 +310,6 @@ def catalog_summary(catalog: Catalog) -> dict:
     return summary
 
 
-MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14: map a range in one call
-
-
 def _mapped_range(images: np.ndarray, start: int, stop: int):
     """The mmap under a memory-mapped image cube and the page-aligned (offset, length) of rows [start, stop)."""
     base = images
@@ -307,19 +322,6 @@ def _mapped_range(images: np.ndarray, start: int, stop: int):
     first = images.ctypes.data - origin + start * row_bytes
     aligned = first - first % mmap.PAGESIZE
     return base, aligned, first - aligned + (stop - start) * row_bytes
-
-
-def populate_pages(images: np.ndarray, start: int, stop: int) -> None:
-    """Map rows [start, stop) of a memory-mapped image cube in now, in one call where the kernel can, so
-    that reading them later takes no page faults (touching one byte per page where it cannot)."""
-    found = _mapped_range(images, start, stop)
-    if found is None:
-        return  # in memory already
-    base, offset, length = found
-    try:
-        base.madvise(MADV_POPULATE_READ, offset, length)
-    except OSError:  # a kernel older than 5.14
-        np.asarray(images[start:stop]).reshape(-1)[::mmap.PAGESIZE].sum()
 
 
 def release_pages(images: np.ndarray, start: int, stop: int) -> None:

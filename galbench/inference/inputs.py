@@ -20,7 +20,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from galbench.data.catalog import read_catalog
+from galbench.data.catalog import catalog_from_hdus, read_catalog, refuse_compressed
 from galbench.errors import GalbenchError
 
 FORMATS = {".fits": "fits", ".fit": "fits", ".fts": "fits", ".xml": "votable", ".vot": "votable",
@@ -76,31 +76,37 @@ def table_format(path: Path) -> str:
     return fmt
 
 
-def _table_hdu(path: Path) -> tuple[int, list[str]]:
-    """Index of the CATALOG HDU, else of the first binary table; and the HDU names."""
+def _open_tables(path: Path) -> tuple[fits.HDUList, int, list[str]]:
+    """The file opened (headers read, data memory-mapped), the index of its CATALOG HDU, else of its first
+    binary table, and its HDU names."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            with fits.open(path, memmap=True, lazy_load_hdus=False) as hdul:
-                names = [hdu.name for hdu in hdul]
-                tables = [k for k, hdu in enumerate(hdul) if isinstance(hdu, fits.BinTableHDU)]
+            hdul = fits.open(path, memmap=True, lazy_load_hdus=False)
         except (OSError, ValueError) as exc:
             raise GalbenchError(f"not a readable FITS file ({exc})", where=str(path)) from None
+    names = [hdu.name for hdu in hdul]
+    tables = [k for k, hdu in enumerate(hdul) if isinstance(hdu, fits.BinTableHDU)]
     if "CATALOG" in names and names.index("CATALOG") in tables:
-        return names.index("CATALOG"), names
+        return hdul, names.index("CATALOG"), names
+    if not tables or "IMAGES" in names:
+        hdul.close()
     if not tables:
         raise GalbenchError(f"no binary table HDU (found {names})", where=str(path),
                             fix="a catalog is a FITS binary table with an image_path column, or a galbench catalog")
-    return tables[0], names
+    if "IMAGES" in names:  # a galbench catalog needs its CATALOG table
+        read_catalog(path)  # which says what is wrong with it
+        raise GalbenchError("no CATALOG binary table beside the IMAGES cube", where=str(path))
+    return hdul, tables[0], names
 
 
 def _read_fits(path: Path) -> InputCatalog:
-    index, names = _table_hdu(path)
+    hdul, index, names = _open_tables(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # astropy's warnings about units and keywords it cannot parse
-        table = Table.read(path, hdu=index, character_as_bytes=False, mask_invalid=False,
-                           unit_parse_strict="silent")
-        primary = fits.getheader(path, 0)
+        table = _native(Table.read(hdul, hdu=index, character_as_bytes=False, mask_invalid=False,
+                                   unit_parse_strict="silent"))
+    primary = hdul[0].header.copy()
     # astropy leaves TCOMMn in the table's meta; they are the columns' descriptions (TOPCAT shows them)
     for key in [k for k in table.meta if _TCOMM.match(k)]:
         column = int(_TCOMM.match(key).group(1)) - 1
@@ -111,14 +117,26 @@ def _read_fits(path: Path) -> InputCatalog:
     classes_text = table.meta.pop("CLASSES", "")
     result = InputCatalog(path, "fits", table, primary_header=primary,
                           classes=[c.strip() for c in str(classes_text).split(",")] if classes_text else None)
-    if "IMAGES" in names:
-        catalog = read_catalog(path)  # the galbench catalog format, validated, images memory-mapped
-        result.images, result.bands, result.pixscale, result.source = (catalog.images, catalog.bands,
-                                                                       catalog.pixscale, catalog.source)
-        result.classes = catalog.classes
-        with fits.open(path, lazy_load_hdus=True) as hdul:
-            result.images_offset = hdul["IMAGES"].fileinfo()["datLoc"]
+    if "IMAGES" not in names:
+        hdul.close()
+        return result
+    # a galbench catalog: validated as `read_catalog` validates one, its image cube memory-mapped
+    refuse_compressed(path)
+    catalog = catalog_from_hdus(hdul, table, path)
+    result.images, result.bands, result.pixscale, result.source = (catalog.images, catalog.bands,
+                                                                   catalog.pixscale, catalog.source)
+    result.classes = catalog.classes
+    result.images_offset = hdul["IMAGES"].fileinfo()["datLoc"]
     return result
+
+
+def _native(table: Table) -> Table:
+    """The table with its numbers in native byte order (FITS stores them big-endian)."""
+    for column in table.colnames:
+        data = table[column]
+        if data.dtype.kind in "iuf" and not data.dtype.isnative:
+            table[column] = data.astype(data.dtype.newbyteorder("="))
+    return table
 
 
 def read_input(path: str | Path) -> InputCatalog:
@@ -140,10 +158,7 @@ def read_input(path: str | Path) -> InputCatalog:
         classes_text = table.meta.get("CLASSES", "")
         catalog = InputCatalog(path, fmt, table,
                                classes=[c.strip() for c in str(classes_text).split(",")] if classes_text else None)
-    for column in catalog.table.colnames:  # FITS is big-endian: hand out native numbers
-        data = catalog.table[column]
-        if data.dtype.kind in "iuf" and not data.dtype.isnative:
-            catalog.table[column] = data.astype(data.dtype.newbyteorder("="))
+    _native(catalog.table)
     return catalog
 
 
@@ -151,8 +166,9 @@ def count_rows(path: str | Path) -> int:
     """Rows of a catalog, cheaply for FITS (its header)."""
     path = Path(path)
     if path.exists() and table_format(path) == "fits":
-        index, _ = _table_hdu(path)
-        return int(fits.getheader(path, index)["NAXIS2"])
+        hdul, index, _ = _open_tables(path)
+        with hdul:
+            return int(hdul[index].header["NAXIS2"])
     return len(read_input(path))
 
 
