@@ -137,6 +137,31 @@ def test_finished_image_pages_are_released_in_runs_counted_in_catalog_rows(monke
             assert 25 <= stop - start < 25 + 10, (start, stop)
 
 
+def test_a_catalog_at_the_models_size_is_fed_from_its_memory_map_in_the_calling_thread(monkeypatch, winner,
+                                                                                       sim_catalog):
+    """No copy, and no prefetch thread to take a core from the backend; the rows are still released."""
+    import mmap
+    import threading
+
+    def memory_mapped(array):
+        while array is not None and not isinstance(array, mmap.mmap):
+            array = getattr(array, "base", None)
+        return array is not None
+
+    fed, released, threads = [], [], []
+    original = classify_module.OnnxRuntimeBackend.__call__
+    monkeypatch.setattr(classify_module.OnnxRuntimeBackend, "__call__",
+                        lambda self, images: fed.append(images) or original(self, images))
+    monkeypatch.setattr(classify_module, "release_pages", lambda images, start, stop: released.append((start, stop)))
+    batch = classify_module._Source.batch
+    monkeypatch.setattr(classify_module._Source, "batch",
+                        lambda self, start, stop: threads.append(threading.current_thread()) or batch(self, start, stop))
+    classify(sim_catalog, model=winner, batch_size=64)
+    assert len(fed) == 5 and all(memory_mapped(images) for images in fed)
+    assert set(threads) == {threading.main_thread()}
+    assert released[0][0] == 0 and released[-1][1] == 300
+
+
 def test_a_bad_catalog_is_refused_without_waiting_for_the_backend(monkeypatch, winner, tmp_path):
     """The session is built while the catalog is read; an unusable catalog is said at once all the same."""
     import threading
@@ -163,6 +188,12 @@ def test_a_bad_catalog_is_refused_without_waiting_for_the_backend(monkeypatch, w
         assert building.is_set() and time.monotonic() - started < 30  # not the 60 s the build would take
     finally:
         finish.set()
+
+
+def test_cpu_sessions_plan_no_memory_pattern():
+    """The pattern costs a session's second batch a fresh allocation and buys the CPU nothing; GPUs keep it."""
+    assert not classify_module.session_options(["CPUExecutionProvider"]).enable_mem_pattern
+    assert classify_module.session_options(["CUDAExecutionProvider", "CPUExecutionProvider"]).enable_mem_pattern
 
 
 def test_provider_options_in_order_of_speed_with_trt_profiles(tmp_path):

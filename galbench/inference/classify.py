@@ -2,9 +2,10 @@
 
 Backends: ONNX Runtime (TensorRT, then CUDA, then CPU: the fastest installed provider first) and PyTorch
 (CUDA fp16 channels_last, or CPU), both computing what the exported graph computes (temperature, rotation
-averaging). Reading, inference and writing overlap: a thread prepares the next batch (from the
-memory-mapped image cube, or decoding image files) while the backend runs the current one, and another
-writes finished chunks to OUT.partial/, so memory stays flat as the catalog grows. The output is written to
+averaging). Images already at the model's size go to the backend straight from the catalog's memory-mapped
+cube, no copy; where a batch takes work to make (decoding image files, resizing), a thread makes the next
+while the backend runs the current one. Another thread writes finished chunks to OUT.partial/, and image
+pages are dropped once used, so memory stays flat as the catalog grows. The output is written to
 a temporary file and renamed at the end; `resume` reuses the finished chunks of an interrupted run if the
 model, the settings and the input's content fingerprint are unchanged, and refuses otherwise.
 """
@@ -24,7 +25,7 @@ import torch
 from astropy.io import fits
 from astropy.table import MaskedColumn, Table
 
-from galbench.data.catalog import populate_pages, release_pages
+from galbench.data.catalog import release_pages
 from galbench.data.tensors import prepare_images
 from galbench.errors import GalbenchError
 from galbench.fileio import atomic_path, file_sha256, write_json_atomic
@@ -56,6 +57,21 @@ def provider_options(available: list[str], engine_cache: Path, batch_size: int, 
     return [(name, options) for name, options in wanted if name in available]
 
 
+def session_options(providers: list[str]):
+    """ONNX Runtime session options for these providers.
+
+    On the CPU alone, without the memory pattern: ONNX Runtime plans it in a session's first run and
+    allocates it (fresh pages, faulted in) in the second, which made that batch twice as slow as the rest;
+    later batches run at the same speed without it (measured on the 2-core CI machine).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if not any(name in GPU_PROVIDERS for name in providers):
+        options.enable_mem_pattern = False
+    return options
+
+
 class OnnxRuntimeBackend:
     """An ONNX Runtime session on the fastest installed provider; I/O binding on CUDA."""
 
@@ -66,7 +82,8 @@ class OnnxRuntimeBackend:
 
         chosen = provider_options(ort.get_available_providers(), path.parent / "trt-engines", batch_size, input_size)
         try:
-            self.session = ort.InferenceSession(str(path), providers=[name for name, _ in chosen],
+            self.session = ort.InferenceSession(str(path), session_options([name for name, _ in chosen]),
+                                                providers=[name for name, _ in chosen],
                                                 provider_options=[options for _, options in chosen])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise GalbenchError(f"ONNX Runtime cannot load the model ({str(exc).splitlines()[0][:120]})",
@@ -149,15 +166,19 @@ class _Source:
     import_crop: float | int | None = None
     import_size: int | None = None
 
+    @property
+    def as_stored(self) -> bool:
+        """Whether batches are the catalog's own rows: an image cube already at the model's size and crop."""
+        images = self.catalog.images
+        return (self.path_column is None and self.crop >= 1 and images.shape[-1] == self.size
+                and images.shape[-2] == self.size)
+
     def batch(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Prepared uint8 images of rows [start, stop), a mask of unreadable rows, filled pixels per row."""
         filled = np.zeros(stop - start, np.int32)
         if self.path_column is None:
             rows = self.catalog.images[start:stop]
-            if self.crop >= 1 and rows.shape[-1] == self.size and rows.shape[-2] == self.size:
-                # already the model's size: hand the backend the memory map itself, no copy; mapping its pages
-                # in here, in the prefetch thread and in one call, spares inference the page faults
-                populate_pages(self.catalog.images, start, stop)
+            if self.as_stored:  # the memory map itself, no copy
                 return rows, np.zeros(stop - start, bool), filled
             return prepare_images(np.asarray(rows), self.crop, self.size).numpy(), np.zeros(stop - start, bool), filled
         from galbench.data.importers import crop_and_resize, load_image
@@ -180,25 +201,35 @@ class _Source:
 
 
 def _batches(source: _Source, start: int, stop: int, batch_size: int) -> Iterator[tuple[int, tuple]]:
-    """Batches of [start, stop), the next one prepared in a thread while the caller runs the current one.
-
-    Rows read through the catalog's memory map are dropped from memory by the same thread once the caller
-    is done with them (when it asks for the next batch), in runs of RELEASE_BYTES of catalog rows.
-    """
+    """Batches of [start, stop); rows read through the catalog's memory map are dropped from memory once the
+    caller is done with them (when it asks for the next batch), in runs of RELEASE_BYTES of catalog rows."""
     bounds = [(s, min(s + batch_size, stop)) for s in range(start, stop, batch_size)]
-    images = source.catalog.images
-    mapped = source.path_column is None
-    released = start
+    images, released = source.catalog.images, start
+    for (lo, hi), prepared in zip(bounds, _prepared(source, bounds), strict=True):
+        yield lo, prepared
+        if source.path_column is None and ((hi - released) * images[0].nbytes >= RELEASE_BYTES or hi == stop):
+            release_pages(images, released, hi)
+            released = hi
+
+
+def _prepared(source: _Source, bounds: list[tuple[int, int]]) -> Iterator[tuple]:
+    """The batches of `bounds`, in order.
+
+    Batches that take work to make (decoding image files, resizing) are made in a thread, the next while the
+    caller runs the current one. Batches that are the catalog's own rows are views of its memory map, made
+    here: there is nothing to overlap, and a thread mapping their pages in ahead only takes a core from the
+    backend, which keeps both of a small machine's cores busy (measured slower than letting it fault them in).
+    """
+    if source.as_stored:
+        yield from (source.batch(lo, hi) for lo, hi in bounds)
+        return
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(source.batch, *bounds[0]) if bounds else None
-        for index, (lo, hi) in enumerate(bounds):
+        for index in range(len(bounds)):
             prepared = pending.result()
             if index + 1 < len(bounds):
                 pending = pool.submit(source.batch, *bounds[index + 1])
-            yield lo, prepared
-            if mapped and ((hi - released) * images[0].nbytes >= RELEASE_BYTES or hi == stop):
-                pool.submit(release_pages, images, released, hi)
-                released = hi
+            yield prepared
 
 
 def resolve_model(model: Path | None, run_dir: Path | None) -> Path:
