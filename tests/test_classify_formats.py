@@ -132,6 +132,33 @@ def test_csv_votable_and_plain_tables_classify_alike(cli, winner, png_folder, tm
         assert len(Table.read(tmp_path / "d.parquet")) == 6
 
 
+def test_input_tables_are_read_into_memory_and_a_cut_table_is_one_line(cli, winner, png_folder, tmp_path):
+    """Columns left as views of the input's memory map would crash the process (SIGBUS) if the input were
+    rewritten during classification; a file cut inside its table is one error line, not a traceback."""
+    import mmap
+
+    from galbench.inference.inputs import read_input
+
+    folder, names = png_folder
+    path = folder / "paths.fits"
+    Table({"image_path": names, "flag": np.arange(8, dtype=np.uint8), "mag": np.arange(8.0)}).write(path)
+
+    def mapped(array):
+        while array is not None and not isinstance(array, mmap.mmap):
+            array = getattr(array, "base", None)
+        return array is not None
+
+    table = read_input(path).table
+    assert [name for name in table.colnames if mapped(np.asarray(table[name]))] == []
+    with fits.open(path) as hdul:
+        data_start = hdul[1].fileinfo()["datLoc"]
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(path.read_bytes()[:data_start + 40])
+    code, _, err = cli("classify", cut, "--model", winner, "--out", tmp_path / "o.fits")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "table cannot be read" in err, err
+    assert not (tmp_path / "o.fits").exists()
+
+
 def test_embeddings_match_the_torch_models_penultimate_layer(cli, winner, suite_catalog, tmp_path):
     catalog_file = tmp_path / "few.fits"
     write_catalog(catalog_file, Catalog(suite_catalog.table[:20], suite_catalog.classes,
@@ -288,6 +315,9 @@ def _many_kinds_of_column(rows: int) -> Table:
     table["mag"] = rng.normal(17, 1, rows).astype(np.float32)
     table["ok"] = rng.random(rows) < 0.5
     table["name"] = np.asarray([f"galaxy-{i}" if i % 7 else "" for i in range(rows)])  # padded, and empty
+    # blanks astropy's writer turns to NULs where they end a value (never the first character)
+    table["note"] = np.asarray(["NGC 1 ", "   ", " lead", "a  b", "", "end  ", "x \x00y", "z"])[np.arange(rows) % 8]
+    table["code"] = np.asarray([b"AB ", b" ", b"C"])[np.arange(rows) % 3]
     table["flux"] = rng.uniform(0.1, 2.0, rows) * u.mJy  # a mixin column (Quantity)
     table["vector"] = rng.normal(0, 1, (rows, 5)).astype(np.float32)
     table["vector"].description = "a fixed-width float32 array column"
@@ -314,6 +344,32 @@ def test_catalogs_are_written_exactly_as_astropy_writes_them(monkeypatch, tmp_pa
     back = Table.read(tmp_path / "galbench.fits", hdu="CATALOG")
     assert list(back["flag"].mask) == list(table["flag"].mask) and back["ra"].description == "right ascension"
     assert list(np.ma.filled(back["name"], "")) == list(table["name"]) and back["flux"].unit == "mJy"
+
+
+def test_tables_with_time_and_sky_coordinate_columns_are_written(monkeypatch, tmp_path):
+    """Mixin columns, as an ECSV or FITS input can carry them: written and read back; where galbench writes
+    the rows itself (sky coordinates), the same bytes as astropy."""
+    from astropy.coordinates import SkyCoord
+    from astropy.time import Time
+
+    output_module = importlib.import_module("galbench.inference.output")
+    monkeypatch.setattr(output_module, "provenance",
+                        lambda: {"DATE": "2026-01-01T00:00:00", "ORIGIN": "galbench", "CREATOR": "galbench test"})
+    table = Table({"objid": np.arange(4), "mag": np.linspace(15, 18, 4)})
+    table["position"] = SkyCoord(ra=[10.0, 20.0, 30.0, 40.0], dec=[-5.0, 0.0, 5.0, 10.0], unit="deg")
+    table["mag"].description = "r magnitude"
+    output_module.write_output(tmp_path / "galbench.fits", table, None, {"MODEL": "m"}, ["h"])
+    monkeypatch.setattr(output_module, "fits_records", lambda *args: None)
+    output_module.write_output(tmp_path / "astropy.fits", table, None, {"MODEL": "m"}, ["h"])
+    assert (tmp_path / "galbench.fits").read_bytes() == (tmp_path / "astropy.fits").read_bytes()
+    table["observed"] = Time(["2020-01-01", "2020-06-01", "2021-01-01", "2021-06-01"])
+    output_module.write_output(tmp_path / "time.fits", table, None, {"MODEL": "m"}, ["h"])
+    back = Table.read(tmp_path / "time.fits", hdu="CATALOG", astropy_native=True)
+    assert back["observed"].isot[2].startswith("2021-01-01") and back["position"].ra.deg[1] == 20.0
+    assert back["mag"].description == "r magnitude"
+    with fits.open(tmp_path / "time.fits") as hdul:
+        header = hdul["CATALOG"].header
+        assert header[f"TCOMM{[header[f'TTYPE{k}'] for k in range(1, 6)].index('mag') + 1}"] == "r magnitude"
 
 
 @pytest.mark.parametrize("kind", ["int8", "uint16", "masked text", "non-ASCII text"])

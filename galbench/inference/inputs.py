@@ -104,8 +104,16 @@ def _read_fits(path: Path) -> InputCatalog:
     hdul, index, names = _open_tables(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # astropy's warnings about units and keywords it cannot parse
-        table = _native(Table.read(hdul, hdu=index, character_as_bytes=False, mask_invalid=False,
-                                   unit_parse_strict="silent"))
+        try:
+            read = Table.read(hdul, hdu=index, character_as_bytes=False, mask_invalid=False,
+                              unit_parse_strict="silent")
+            # copied into memory: columns left as views of the file's map would break (SIGBUS) if the input
+            # were rewritten while the output is being made
+            table = _native(Table(read, copy=True))
+        except (OSError, ValueError, TypeError) as exc:
+            hdul.close()
+            raise GalbenchError(f"table cannot be read ({str(exc)[:120]})",
+                                where=f"{path}[{names[index]}]") from None
     primary = hdul[0].header.copy()
     # astropy leaves TCOMMn in the table's meta; they are the columns' descriptions (TOPCAT shows them)
     for key in [k for k in table.meta if _TCOMM.match(k)]:

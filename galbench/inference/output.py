@@ -58,11 +58,12 @@ def table_hdu(table: Table, cards: dict, history: list[str], rows: bool = True) 
         # serialized-columns header block, so that Table.read gets them back; do the same
         from astropy.io.fits.connect import _encode_mixins
 
-        hdu = fits.table_to_hdu(_encode_mixins(table if rows else table[:0]), character_as_bytes=False)
+        encoded = _encode_mixins(table if rows else table[:0])  # a mixin may become several columns
+        hdu = fits.table_to_hdu(encoded, character_as_bytes=False)
         hdu.name = "CATALOG"
-        for index, column in enumerate(table.columns.values(), start=1):
-            if column.description:
-                hdu.header[f"TCOMM{index}"] = str(column.description)[:68]
+        for index, column in enumerate(encoded.columns.values(), start=1):
+            if column.info.description:
+                hdu.header[f"TCOMM{index}"] = str(column.info.description)[:68]
         for key, value in cards.items():
             hdu.header[key] = value
         for line in _history_cards(history):
@@ -128,21 +129,27 @@ def fits_records(table: Table, header: fits.Header) -> np.ndarray | None:
 
 
 def _ascii(text: np.ndarray, width: int) -> np.ndarray | None:
-    """Text as FITS stores it: `width` bytes a value, NUL-padded; None where a character is not ASCII.
+    """Text as FITS stores it: `width` bytes a value, NUL-padded, trailing blanks turned to NULs as astropy's
+    writer turns them (never the first character); None where a character is not ASCII.
 
     Unicode is converted by viewing its UCS-4 code points as integers: numpy's own conversion (astype)
     encodes value by value, and took longer than the rest of a classified catalog's records together.
     """
     if text.dtype.kind == "S":
-        return text.astype(f"S{width}")
-    chars = text.dtype.itemsize // 4
-    if chars == 0:
-        return np.zeros(len(text), f"S{width}")
-    codes = np.ascontiguousarray(text, dtype=f"=U{chars}").view(np.uint32).reshape(len(text), chars)
-    if codes.size and codes.max() > 127:
-        return None
-    stored = np.zeros((len(text), width), np.uint8)
-    stored[:, :min(chars, width)] = codes[:, :width]
+        stored = np.ascontiguousarray(text.astype(f"S{width}")).view(np.uint8).reshape(len(text), width)
+    else:
+        chars = text.dtype.itemsize // 4
+        stored = np.zeros((len(text), width), np.uint8)
+        if chars:
+            codes = np.ascontiguousarray(text, dtype=f"=U{chars}").view(np.uint32).reshape(len(text), chars)
+            if codes.size and codes.max() > 127:
+                return None
+            stored[:, :min(chars, width)] = codes[:, :width]
+    followed_by_nul = np.ones(len(text), bool)
+    for position in range(width - 1, 0, -1):
+        column = stored[:, position]
+        column[followed_by_nul & (column == ord(" "))] = 0
+        followed_by_nul = column == 0
     return stored.view(f"S{width}").reshape(len(text))
 
 
