@@ -50,6 +50,7 @@ GOOD_IMAGES = np.zeros((12, 3, 8, 8), dtype=np.uint8)
         ("no_classes_header", ["[CATALOG]", "no CLASSES"]),
         ("missing_objid", ["missing column 'objid'"]),
         ("truncated", ["[IMAGES]", "truncated"]),
+        ("cut_in_a_header", ["damaged after HDU 1", "truncated or corrupted"]),
         ("not_fits", ["not a readable FITS file"]),
     ],
 )
@@ -81,6 +82,11 @@ def test_malformed_catalogs_give_one_line_and_exit_2(cli, tmp_path, case, fragme
         write_catalog(path, make_catalog(n=40, size=32))
         data = path.read_bytes()
         path.write_bytes(data[: len(data) - 20000])
+    elif case == "cut_in_a_header":  # astropy stops at the cut, and would report no IMAGES HDU
+        write_catalog(path, make_catalog(n=40, size=32))
+        with fits.open(path) as hdul:
+            images_header = hdul["IMAGES"].fileinfo()["hdrLoc"]
+        path.write_bytes(path.read_bytes()[:images_header + 1000])
     elif case == "not_fits":
         path.write_text("this is not FITS\n")
     _assert_one_line_error(cli("data", "montage", path, tmp_path / "out.png"), str(path), *fragments)

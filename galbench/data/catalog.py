@@ -149,13 +149,26 @@ def open_fits(path: Path) -> fits.HDUList:
     if path.is_dir():
         raise GalbenchError("is a folder, not a catalog FITS file", where=str(path))
     refuse_compressed(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # astropy's truncation warning; the checks below say it in one line
+    return open_hdus(path)
+
+
+def open_hdus(path: Path) -> fits.HDUList:
+    """Every HDU of a FITS file, headers read and data memory-mapped. A file damaged after its last whole HDU
+    (cut inside a header, say) is refused: astropy only warns and stops reading there, and the HDUs it
+    missed would be reported as absent."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         try:
             hdul = fits.open(path, memmap=True, lazy_load_hdus=True)
             hdul.readall()
         except (OSError, ValueError) as exc:
             raise _fail(path, None, f"not a readable FITS file ({exc})") from None
+    damage = [str(w.message) for w in caught if "the file is corrupted" in str(w.message)]
+    if damage:
+        last = len(hdul) - 1
+        hdul.close()
+        detail = " ".join(line.strip() for line in damage[0].splitlines()[1:2])
+        raise _fail(path, None, f"damaged after HDU {last} ({detail}): truncated or corrupted file?")
     return hdul
 
 

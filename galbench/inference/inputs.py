@@ -20,7 +20,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from galbench.data.catalog import catalog_from_hdus, read_catalog, refuse_compressed
+from galbench.data.catalog import catalog_from_hdus, open_hdus, read_catalog, refuse_compressed
 from galbench.errors import GalbenchError
 
 FORMATS = {".fits": "fits", ".fit": "fits", ".fts": "fits", ".xml": "votable", ".vot": "votable",
@@ -79,12 +79,7 @@ def table_format(path: Path) -> str:
 def _open_tables(path: Path) -> tuple[fits.HDUList, int, list[str]]:
     """The file opened (headers read, data memory-mapped), the index of its CATALOG HDU, else of its first
     binary table, and its HDU names."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            hdul = fits.open(path, memmap=True, lazy_load_hdus=False)
-        except (OSError, ValueError) as exc:
-            raise GalbenchError(f"not a readable FITS file ({exc})", where=str(path)) from None
+    hdul = open_hdus(path)
     names = [hdu.name for hdu in hdul]
     tables = [k for k, hdu in enumerate(hdul) if isinstance(hdu, fits.BinTableHDU)]
     if "CATALOG" in names and names.index("CATALOG") in tables:
