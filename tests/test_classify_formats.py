@@ -159,6 +159,26 @@ def test_input_tables_are_read_into_memory_and_a_cut_table_is_one_line(cli, winn
     assert not (tmp_path / "o.fits").exists()
 
 
+def test_time_and_sky_coordinate_columns_of_an_ecsv_input_are_kept(cli, winner, png_folder, tmp_path):
+    from astropy.coordinates import SkyCoord
+    from astropy.time import Time
+
+    folder, names = png_folder
+    rows = [0, 1, 2, 4]
+    table = Table({"image_path": [names[k] for k in rows]})
+    table["observed"] = Time(["2020-01-01", "2020-02-01", "2020-03-01", "2020-04-01"])
+    table["position"] = SkyCoord(ra=[1.0, 2.0, 3.0, 4.0], dec=[-1.0, 0.0, 1.0, 2.0], unit="deg")
+    table.write(folder / "mixins.ecsv")
+    code, _, err = cli("classify", folder / "mixins.ecsv", "--model", winner, "--out", tmp_path / "out.fits")
+    assert code == 0, err
+    back = Table.read(tmp_path / "out.fits", hdu="CATALOG", astropy_native=True)
+    assert back["observed"][2].isot.startswith("2020-03-01") and back["position"][3].dec.deg == 2.0
+    assert len(back) == 4 and "pred_class" in back.colnames
+    code, _, err = cli("classify", folder / "mixins.ecsv", "--model", winner, "--out", tmp_path / "out.xml")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "VOTable cannot hold" in err, err
+    assert not (tmp_path / "out.xml").exists()
+
+
 def test_embeddings_match_the_torch_models_penultimate_layer(cli, winner, suite_catalog, tmp_path):
     catalog_file = tmp_path / "few.fits"
     write_catalog(catalog_file, Catalog(suite_catalog.table[:20], suite_catalog.classes,

@@ -31,7 +31,7 @@ from galbench.errors import GalbenchError
 from galbench.fileio import atomic_path, file_sha256, write_json_atomic
 from galbench.inference.export import deployed_from_metadata, read_metadata
 from galbench.inference.inputs import InputCatalog, fingerprint, read_input
-from galbench.inference.output import check_writable, write_output
+from galbench.inference.output import check_writable, mixin_columns, write_output
 from galbench.models.weights import load_checkpoint
 
 CHUNK_ROWS = 8192
@@ -282,6 +282,8 @@ def classify(input_path: str | Path, model: str | Path | None = None, run: str |
                                      batch_size, outputs)
     try:
         catalog = read_input(input_path)
+        if out is not None:
+            check_writable(Path(out), embeddings, mixin_columns(catalog.table))
         path_column = catalog.path_column if catalog.images is None else None
         fetched_column = None
         if catalog.images is None and path_column is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.table import Table
+from astropy.table import Column, Table
 
 from galbench.data.catalog import catalog_from_hdus, open_hdus, read_catalog, refuse_compressed
 from galbench.errors import GalbenchError
@@ -134,10 +134,11 @@ def _read_fits(path: Path) -> InputCatalog:
 
 
 def _native(table: Table) -> Table:
-    """The table with its numbers in native byte order (FITS stores them big-endian)."""
+    """The table with its numbers in native byte order (FITS stores them big-endian); mixin columns (times,
+    sky coordinates) are left as they are."""
     for column in table.colnames:
         data = table[column]
-        if data.dtype.kind in "iuf" and not data.dtype.isnative:
+        if isinstance(data, Column) and data.dtype.kind in "iuf" and not data.dtype.isnative:
             table[column] = data.astype(data.dtype.newbyteorder("="))
     return table
 

@@ -31,13 +31,22 @@ def provenance() -> dict[str, str]:
     return {"DATE": now.isoformat(), "ORIGIN": "galbench", "CREATOR": f"galbench {__version__}"}
 
 
-def check_writable(path: Path, table_has_vectors: bool) -> str:
+def check_writable(path: Path, table_has_vectors: bool, mixin_columns: list[str] = ()) -> str:
     """The astropy format for an output path; refuse up front what the format cannot hold."""
     fmt = table_format(path)
     if fmt == "ascii.csv" and table_has_vectors:
         raise GalbenchError("CSV cannot hold the embedding vectors", where=str(path),
                             fix="write .fits, .ecsv, .xml or .parquet, or drop --embeddings")
+    if fmt == "votable" and mixin_columns:
+        raise GalbenchError(f"VOTable cannot hold the input's column(s) {', '.join(mixin_columns)} (astropy "
+                            "times, sky coordinates or other mixin columns)", where=str(path),
+                            fix="write .fits, .ecsv or .parquet")
     return fmt
+
+
+def mixin_columns(table: Table) -> list[str]:
+    """The table's columns that are not plain columns: times, sky coordinates, quantities and the like."""
+    return [name for name in table.colnames if not isinstance(table[name], Column)]
 
 
 def _history_cards(lines: list[str]) -> list[str]:
@@ -172,7 +181,7 @@ def write_output(path: str | Path, table: Table, primary_header: fits.Header | N
     """Write a classified catalog atomically, in the format of the path's extension."""
     path = Path(path)
     vectors = any(table[c].ndim > 1 for c in table.colnames)
-    fmt = check_writable(path, vectors)
+    fmt = check_writable(path, vectors, mixin_columns(table))
     stamp = provenance()
     if fmt == "fits":
         primary = fits.PrimaryHDU(header=primary_header.copy() if primary_header is not None else None)
