@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.table import Table
+from astropy.table import Column, Table
 
 from galbench.data.stretch import format_stretch, parse_stretch
 from galbench.errors import GalbenchError
@@ -133,13 +133,20 @@ def read_catalog(path: str | os.PathLike, require_images: bool = True) -> Catalo
         table = Table(cat_hdu.data, copy=True)
     except (OSError, ValueError, TypeError) as exc:
         raise _fail(path, "CATALOG", f"table cannot be read ({exc})") from None
-    for column in table.colnames:  # FITS is big-endian and bytes-typed; hand out native numbers and str
-        dtype = table[column].dtype
-        if dtype.kind == "S":
+    for column in table.colnames:  # FITS is bytes-typed; hand out str
+        if table[column].dtype.kind == "S":
             table[column] = table[column].astype(str)
-        elif dtype.kind in "iuf" and not dtype.isnative:
-            table[column] = table[column].astype(dtype.newbyteorder("="))
-    return catalog_from_hdus(hdul, table, path, require_images)
+    return catalog_from_hdus(hdul, native_byte_order(table), path, require_images)
+
+
+def native_byte_order(table: Table) -> Table:
+    """The table with its numbers in native byte order (FITS stores them big-endian); mixin columns (times,
+    sky coordinates) are left as they are."""
+    for column in table.colnames:
+        data = table[column]
+        if isinstance(data, Column) and data.dtype.kind in "iuf" and not data.dtype.isnative:
+            table[column] = data.astype(data.dtype.newbyteorder("="))
+    return table
 
 
 def open_fits(path: Path) -> fits.HDUList:

@@ -18,9 +18,15 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.table import Column, Table
+from astropy.table import Table
 
-from galbench.data.catalog import catalog_from_hdus, open_hdus, read_catalog, refuse_compressed
+from galbench.data.catalog import (
+    catalog_from_hdus,
+    native_byte_order,
+    open_hdus,
+    read_catalog,
+    refuse_compressed,
+)
 from galbench.errors import GalbenchError
 
 FORMATS = {".fits": "fits", ".fit": "fits", ".fts": "fits", ".xml": "votable", ".vot": "votable",
@@ -104,7 +110,7 @@ def _read_fits(path: Path) -> InputCatalog:
                               unit_parse_strict="silent")
             # copied into memory: columns left as views of the file's map would break (SIGBUS) if the input
             # were rewritten while the output is being made
-            table = _native(Table(read, copy=True))
+            table = native_byte_order(Table(read, copy=True))
         except (OSError, ValueError, TypeError) as exc:
             hdul.close()
             raise GalbenchError(f"table cannot be read ({str(exc)[:120]})",
@@ -133,16 +139,6 @@ def _read_fits(path: Path) -> InputCatalog:
     return result
 
 
-def _native(table: Table) -> Table:
-    """The table with its numbers in native byte order (FITS stores them big-endian); mixin columns (times,
-    sky coordinates) are left as they are."""
-    for column in table.colnames:
-        data = table[column]
-        if isinstance(data, Column) and data.dtype.kind in "iuf" and not data.dtype.isnative:
-            table[column] = data.astype(data.dtype.newbyteorder("="))
-    return table
-
-
 def read_input(path: str | Path) -> InputCatalog:
     """Read a catalog to classify (see the module docstring); bad files get one GalbenchError."""
     path = Path(path)
@@ -162,7 +158,7 @@ def read_input(path: str | Path) -> InputCatalog:
         classes_text = table.meta.get("CLASSES", "")
         catalog = InputCatalog(path, fmt, table,
                                classes=[c.strip() for c in str(classes_text).split(",")] if classes_text else None)
-    _native(catalog.table)
+    native_byte_order(catalog.table)
     return catalog
 
 
