@@ -137,9 +137,11 @@ def test_finished_image_pages_are_released_in_runs_counted_in_catalog_rows(monke
             assert 25 <= stop - start < 25 + 10, (start, stop)
 
 
+@pytest.mark.parametrize("lanes", [1, 3])
 def test_a_catalog_at_the_models_size_is_fed_from_its_memory_map_in_the_calling_thread(monkeypatch, winner,
-                                                                                       sim_catalog):
-    """No copy, and no prefetch thread to take a core from the backend; the rows are still released."""
+                                                                                       sim_catalog, lanes):
+    """No copy, and no prefetch thread to take a core from the backend; the rows are still released, and never
+    while a batch that reads them is running (3 lanes: three batches at once)."""
     import mmap
     import threading
 
@@ -148,18 +150,80 @@ def test_a_catalog_at_the_models_size_is_fed_from_its_memory_map_in_the_calling_
             array = getattr(array, "base", None)
         return array is not None
 
-    fed, released, threads = [], [], []
+    fed, released, threads, running, overlaps = [], [], [], set(), []
+    lock = threading.Lock()
     original = classify_module.OnnxRuntimeBackend.__call__
-    monkeypatch.setattr(classify_module.OnnxRuntimeBackend, "__call__",
-                        lambda self, images: fed.append(images) or original(self, images))
-    monkeypatch.setattr(classify_module, "release_pages", lambda images, start, stop: released.append((start, stop)))
+
+    def call(self, images):
+        span = (images.ctypes.data, images.ctypes.data + images.nbytes)
+        with lock:
+            fed.append(images)
+            running.add(span)
+        try:
+            return original(self, images)
+        finally:
+            with lock:
+                running.discard(span)
+
+    def release(images, start, stop):
+        low, high = images.ctypes.data + start * images[0].nbytes, images.ctypes.data + stop * images[0].nbytes
+        with lock:
+            overlaps.extend(span for span in running if span[0] < high and low < span[1])
+        released.append((start, stop))
+
+    monkeypatch.setattr(classify_module, "cpu_lanes", lambda providers, precision: lanes)
+    monkeypatch.setattr(classify_module.OnnxRuntimeBackend, "__call__", call)
+    monkeypatch.setattr(classify_module, "RELEASE_BYTES", 1)  # a release after every batch
+    monkeypatch.setattr(classify_module, "release_pages", release)
     batch = classify_module._Source.batch
     monkeypatch.setattr(classify_module._Source, "batch",
                         lambda self, start, stop: threads.append(threading.current_thread()) or batch(self, start, stop))
-    classify(sim_catalog, model=winner, batch_size=64)
+    table = classify(sim_catalog, model=winner, batch_size=64)
     assert len(fed) == 5 and all(memory_mapped(images) for images in fed)
     assert set(threads) == {threading.main_thread()}
-    assert released[0][0] == 0 and released[-1][1] == 300
+    assert released == [(0, 64), (64, 128), (128, 192), (192, 256), (256, 300)] and not overlaps
+    assert table.meta["PROVIDRS"] == "CPUExecutionProvider"
+
+
+def test_int8_models_run_a_batch_per_core_on_the_cpu_and_fp32_models_one_batch(monkeypatch):
+    """int8 convolutions in ONNX Runtime wait for the session's threads after every image: on the CPU, an int8
+    session runs single-threaded, a batch per usable core at once (capped); fp32 and GPU sessions one batch."""
+    monkeypatch.setattr(classify_module.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert classify_module.cpu_lanes(["CPUExecutionProvider"], "int8") == 3
+    assert classify_module.cpu_lanes(["CPUExecutionProvider"], "fp32") == 1
+    assert classify_module.cpu_lanes(["CUDAExecutionProvider", "CPUExecutionProvider"], "int8") == 1
+    monkeypatch.setattr(classify_module.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert classify_module.cpu_lanes(["CPUExecutionProvider"], "int8") == classify_module.MAX_LANES
+    assert classify_module.session_options(["CPUExecutionProvider"], 3).intra_op_num_threads == 1
+    assert classify_module.session_options(["CPUExecutionProvider"], 1).intra_op_num_threads == 0  # ORT's choice
+
+
+def test_in_order_runs_its_lanes_at_once_and_yields_in_order():
+    import threading
+    import time
+
+    barrier = threading.Barrier(3, timeout=30)  # passes only if three items run at the same time
+    drawn, finished, unfinished_at_draw = [], set(), []
+
+    def items():
+        for item in range(9):
+            unfinished_at_draw.append(len(drawn) - len(finished))
+            drawn.append(item)
+            yield item
+
+    def work(item):
+        if item < 3:
+            barrier.wait()
+        time.sleep(0.01 * (9 - item))  # later items finish first
+        finished.add(item)
+        return item * item
+
+    results = list(classify_module.in_order(work, items(), 3))
+    assert results == [(item, item * item) for item in range(9)]
+    assert max(unfinished_at_draw) <= 2  # a lane is free before the next item is drawn
+    assert list(classify_module.in_order(work, iter([5, 7]), 1)) == [(5, 25), (7, 49)]
+    with pytest.raises(ZeroDivisionError):
+        list(classify_module.in_order(lambda item: 1 // item, iter([3, 2, 0, 1]), 2))
 
 
 def test_a_bad_catalog_is_refused_without_waiting_for_the_backend(monkeypatch, winner, tmp_path):

@@ -12,7 +12,7 @@ from galbench.errors import GalbenchError
 from galbench.inference.export import export_onnx, read_metadata
 
 
-def test_cli_int8_export_passes_the_gate_and_classifies(cli, finished_suite, tmp_path):
+def test_cli_int8_export_passes_the_gate_and_classifies(cli, finished_suite, tmp_path, monkeypatch):
     out = tmp_path / "int8.onnx"
     code, stdout, err = cli("export", finished_suite / "runs" / "scratch__seed0" / "best.pt", out,
                             "--run", finished_suite, "--int8")
@@ -41,8 +41,16 @@ def test_cli_int8_export_passes_the_gate_and_classifies(cli, finished_suite, tmp
     from galbench.inference.classify import classify
 
     resolved = json.loads((finished_suite / "suite.resolved.json").read_text())
-    table = classify(resolved["catalog_path"], model=out)
+    table = classify(resolved["catalog_path"], model=out, batch_size=64)
     assert table.meta["PRECISN"] == "int8" and len(table) == 300
+    # three batches at once on single-threaded runs, or one at a time on the session's threads: the same answers
+    from galbench.inference import classify as classify_module
+
+    for lanes in (3, 1):
+        monkeypatch.setattr(classify_module, "cpu_lanes", lambda providers, precision, lanes=lanes: lanes)
+        again = classify(resolved["catalog_path"], model=out, batch_size=64)
+        assert (again["pred_label"] == table["pred_label"]).all()
+        np.testing.assert_allclose(again["pred_confidence"], table["pred_confidence"], rtol=0, atol=1e-6)
 
 
 def test_int8_gate_fails_when_calibrated_on_black_images(finished_suite, finished_suite_images, tmp_path):

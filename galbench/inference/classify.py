@@ -13,8 +13,10 @@ model, the settings and the input's content fingerprint are unchanged, and refus
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from galbench.models.weights import load_checkpoint
 
 CHUNK_ROWS = 8192
 RELEASE_BYTES = 32 * 2**20  # finished image rows are dropped from memory in runs of this size, not per batch
+MAX_LANES = 16  # batches in flight at most (cpu_lanes): each holds its own activations
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
@@ -57,33 +60,54 @@ def provider_options(available: list[str], engine_cache: Path, batch_size: int, 
     return [(name, options) for name, options in wanted if name in available]
 
 
-def session_options(providers: list[str]):
-    """ONNX Runtime session options for these providers.
+def cpu_lanes(providers: list[str], precision: str) -> int:
+    """How many batches an ONNX Runtime session runs at once, each on one thread of its own.
+
+    An int8 model on the CPU alone runs one batch per usable core (at most MAX_LANES): ONNX Runtime's int8
+    convolution splits each image of a batch across the session's threads and waits for them before the next
+    image (qlinearconv.cc), and those waits, over a thousand per batch, made the int8 pass time toggle between two
+    levels 1.5x apart on the 2-core CI machine. A batch per core waits for nothing. fp32 ran as fast either way
+    there, so fp32 and every GPU session keep one batch at a time, split among the session's own threads.
+    """
+    if precision != "int8" or any(name in GPU_PROVIDERS for name in providers):
+        return 1
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    return max(1, min(len(usable), MAX_LANES))
+
+
+def session_options(providers: list[str], lanes: int = 1):
+    """ONNX Runtime session options for these providers, running `lanes` batches at once (cpu_lanes).
 
     On the CPU alone, without the memory pattern: ONNX Runtime plans it in a session's first run and
     allocates it (fresh pages, faulted in) in the second, which made that batch twice as slow as the rest;
-    later batches run at the same speed without it (measured on the 2-core CI machine).
+    later batches run at the same speed without it (measured on the 2-core CI machine). With several lanes,
+    each run has one thread: the lanes are the parallelism.
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if not any(name in GPU_PROVIDERS for name in providers):
         options.enable_mem_pattern = False
+    if lanes > 1:
+        options.intra_op_num_threads = 1
     return options
 
 
 class OnnxRuntimeBackend:
-    """An ONNX Runtime session on the fastest installed provider; I/O binding on CUDA."""
+    """An ONNX Runtime session on the fastest installed provider; I/O binding on CUDA. `lanes` is how many
+    calls it wants at once (cpu_lanes unless given); calls from several threads at once are safe."""
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, batch_size: int, input_size: int, outputs: list[str]):
+    def __init__(self, path: Path, batch_size: int, input_size: int, outputs: list[str], precision: str = "fp32",
+                 lanes: int | None = None):
         import onnxruntime as ort
 
         chosen = provider_options(ort.get_available_providers(), path.parent / "trt-engines", batch_size, input_size)
+        names = [name for name, _ in chosen]
+        self.lanes = cpu_lanes(names, precision) if lanes is None else lanes
         try:
-            self.session = ort.InferenceSession(str(path), session_options([name for name, _ in chosen]),
-                                                providers=[name for name, _ in chosen],
+            self.session = ort.InferenceSession(str(path), session_options(names, self.lanes), providers=names,
                                                 provider_options=[options for _, options in chosen])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise GalbenchError(f"ONNX Runtime cannot load the model ({str(exc).splitlines()[0][:120]})",
@@ -141,7 +165,7 @@ def choose_backend(name: str, model_path: Path, meta: dict, batch_size: int, out
         has_gpu_provider = any(p in GPU_PROVIDERS for p in ort.get_available_providers())
         name = "onnxruntime" if has_gpu_provider or not torch.cuda.is_available() else "torch"
     if name == "onnxruntime":
-        return OnnxRuntimeBackend(model_path, batch_size, meta["input_size"], outputs)
+        return OnnxRuntimeBackend(model_path, batch_size, meta["input_size"], outputs, meta.get("precision", "fp32"))
     if name == "torch":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return TorchBackend(model_path.with_suffix(".pt"), meta, device, outputs)
@@ -200,16 +224,41 @@ class _Source:
         return images, bad, filled
 
 
-def _batches(source: _Source, start: int, stop: int, batch_size: int) -> Iterator[tuple[int, tuple]]:
-    """Batches of [start, stop); rows read through the catalog's memory map are dropped from memory once the
-    caller is done with them (when it asks for the next batch), in runs of RELEASE_BYTES of catalog rows."""
+def _batches(source: _Source, start: int, stop: int, batch_size: int) -> Iterator[tuple[tuple[int, int], tuple]]:
+    """The batches of [start, stop), in order: ((lo, hi), (images, bad, filled))."""
     bounds = [(s, min(s + batch_size, stop)) for s in range(start, stop, batch_size)]
-    images, released = source.catalog.images, start
-    for (lo, hi), prepared in zip(bounds, _prepared(source, bounds), strict=True):
-        yield lo, prepared
-        if source.path_column is None and ((hi - released) * images[0].nbytes >= RELEASE_BYTES or hi == stop):
-            release_pages(images, released, hi)
-            released = hi
+    return zip(bounds, _prepared(source, bounds), strict=True)
+
+
+_END = object()
+
+
+def in_order(work: Callable, items: Iterator, lanes: int) -> Iterator[tuple]:
+    """(item, work(item)) for each item, in order, running `lanes` at once in threads (in the caller's thread
+    for one lane). The next item is drawn only once a lane is free, so at most `lanes` items are ever drawn and
+    unfinished: the item after a yielded one has not started."""
+    if lanes <= 1:
+        for item in items:
+            yield item, work(item)
+        return
+    running: deque = deque()
+    with ThreadPoolExecutor(max_workers=lanes) as pool:
+        try:
+            pending = iter(items)
+            while True:
+                if len(running) == lanes:
+                    done, future = running.popleft()
+                    yield done, future.result()
+                item = next(pending, _END)
+                if item is _END:
+                    break
+                running.append((item, pool.submit(work, item)))
+            while running:
+                done, future = running.popleft()
+                yield done, future.result()
+        finally:
+            for _, future in running:  # an error, or the caller stopped: nothing more starts
+                future.cancel()
 
 
 def _prepared(source: _Source, bounds: list[tuple[int, int]]) -> Iterator[tuple]:
@@ -448,12 +497,20 @@ def sdss_default_scale() -> float:
 
 
 def _local_chunk(engine, source: _Source, start: int, stop: int, batch_size: int, progress):
-    """Classify rows [start, stop) here, batch by batch; returns (start, {output: values, bad, filled})."""
+    """Classify rows [start, stop) here, batch by batch, `engine.lanes` batches at once; returns
+    (start, {output: values, bad, filled}). Rows read through the catalog's memory map are dropped from memory
+    once their batch and every batch before it are done, in runs of RELEASE_BYTES of catalog rows."""
     parts: list[dict[str, np.ndarray]] = []
-    for _, (images, bad, filled) in _batches(source, start, stop, batch_size):
-        parts.append({**engine(images), "bad": bad, "filled": filled})
+    images_on_disk, released = source.catalog.images, start
+    batches = _batches(source, start, stop, batch_size)
+    for ((_, hi), (images, bad, filled)), outputs in in_order(lambda batch: engine(batch[1][0]), batches,
+                                                              getattr(engine, "lanes", 1)):
+        parts.append({**outputs, "bad": bad, "filled": filled})
         if progress:
             progress(len(images))
+        if source.path_column is None and ((hi - released) * images_on_disk[0].nbytes >= RELEASE_BYTES or hi == stop):
+            release_pages(images_on_disk, released, hi)
+            released = hi
     return start, {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
