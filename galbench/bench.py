@@ -343,13 +343,13 @@ def tta(run_dir: Path, out: Path, repeats: int = 3) -> dict:
 
     Each model is exported calibrated on the run's validation split (two also with raw softmax); accuracy, balanced accuracy, ECE
     (15 bins) and NLL are measured on the test split, and galaxies per second of ONNX Runtime on the CPU
-    (the best of `repeats` passes over the test images, batch 256, all models timed in the same process).
+    as classify runs it (the best of `repeats` passes over the test images, batch 256, all models timed in the
+    same process).
     """
-    import onnxruntime as ort
-
     from galbench.data.tensors import prepare_images
     from galbench.inference import exportdata
     from galbench.inference.calibrate import reliability
+    from galbench.inference.classify import OnnxRuntimeBackend, in_order
     from galbench.inference.export import export_onnx
     from galbench.models.weights import load_checkpoint
 
@@ -381,11 +381,13 @@ def tta(run_dir: Path, out: Path, repeats: int = 3) -> dict:
                 rows.append({"model": name, "views": views, "precision": "int8", "refused": str(refused)})
                 print(f"model {name} | refused: {refused}", flush=True)
                 continue
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            # classify's own backend: its session options, and a batch per core at once for int8
+            backend = OnnxRuntimeBackend(path, 256, images.shape[-1], ["probabilities"], meta["precision"])
 
-            def forward(session=session):
-                return np.concatenate([session.run(["probabilities"], {"images": images[i:i + 256]})[0]
-                                       for i in range(0, len(images), 256)])
+            def forward(backend=backend):
+                return np.concatenate([outputs["probabilities"] for _, outputs in in_order(
+                    lambda first: backend(images[first:first + 256]), iter(range(0, len(images), 256)),
+                    backend.lanes)])
 
             probabilities = forward()
             seconds = []
