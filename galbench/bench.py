@@ -381,8 +381,9 @@ def tta(run_dir: Path, out: Path, repeats: int = 3) -> dict:
                 rows.append({"model": name, "views": views, "precision": "int8", "refused": str(refused)})
                 print(f"model {name} | refused: {refused}", flush=True)
                 continue
-            # classify's own backend: its session options, and a batch per core at once for int8
-            backend = OnnxRuntimeBackend(path, 256, images.shape[-1], ["probabilities"], meta["precision"])
+            # classify's own CPU backend: its session options, and a batch per core at once for int8
+            backend = OnnxRuntimeBackend(path, 256, images.shape[-1], ["probabilities"], meta["precision"],
+                                         available=["CPUExecutionProvider"])
 
             def forward(backend=backend):
                 return np.concatenate([outputs["probabilities"] for _, outputs in in_order(

@@ -41,11 +41,33 @@ def test_cli_int8_export_passes_the_gate_and_classifies(cli, finished_suite, tmp
     from galbench.inference.classify import classify
 
     resolved = json.loads((finished_suite / "suite.resolved.json").read_text())
-    table = classify(resolved["catalog_path"], model=out, batch_size=64)
-    assert table.meta["PRECISN"] == "int8" and len(table) == 300
-    # three batches at once on single-threaded runs, or one at a time on the session's threads: the same answers
+    # on a machine with three usable cores: three batches at once, each run on one thread
+    import threading
+    import time
+
     from galbench.inference import classify as classify_module
 
+    monkeypatch.setattr(classify_module.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    lock, running, peak, threads = threading.Lock(), [0], [0], set()
+    original = classify_module.OnnxRuntimeBackend.__call__
+
+    def call(self, images):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            threads.add(self.session.get_session_options().intra_op_num_threads)
+        time.sleep(0.05)  # long enough for the other lanes' batches to start
+        try:
+            return original(self, images)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(classify_module.OnnxRuntimeBackend, "__call__", call)
+    table = classify(resolved["catalog_path"], model=out, batch_size=64)
+    assert table.meta["PRECISN"] == "int8" and len(table) == 300
+    assert peak[0] == 3 and threads == {1}
+    # one batch at a time on the session's own threads, or three at once: the same answers
     for lanes in (3, 1):
         monkeypatch.setattr(classify_module, "cpu_lanes", lambda providers, precision, lanes=lanes: lanes)
         again = classify(resolved["catalog_path"], model=out, batch_size=64)

@@ -65,9 +65,10 @@ def cpu_lanes(providers: list[str], precision: str) -> int:
 
     An int8 model on the CPU alone runs one batch per usable core (at most MAX_LANES): ONNX Runtime's int8
     convolution splits each image of a batch across the session's threads and waits for them before the next
-    image (qlinearconv.cc), and those waits, over a thousand per batch, made the int8 pass time toggle between two
-    levels 1.5x apart on the 2-core CI machine. A batch per core waits for nothing. fp32 ran as fast either way
-    there, so fp32 and every GPU session keep one batch at a time, split among the session's own threads.
+    image (qlinearconv.cc), over a thousand waits per batch; a batch at a time, the int8 pass time toggled
+    between two levels 1.5x apart on the 2-core CI machine, and a batch per core held the fast one. fp32 was
+    at most 6% faster a batch per core there, within the machine's drift, so fp32 and every GPU session keep
+    one batch at a time, split among the session's own threads.
     """
     if precision != "int8" or any(name in GPU_PROVIDERS for name in providers):
         return 1
@@ -75,39 +76,42 @@ def cpu_lanes(providers: list[str], precision: str) -> int:
     return max(1, min(len(usable), MAX_LANES))
 
 
-def session_options(providers: list[str], lanes: int = 1):
-    """ONNX Runtime session options for these providers, running `lanes` batches at once (cpu_lanes).
+def session_options(providers: list[str], threads: int = 0):
+    """ONNX Runtime session options for these providers; `threads` per run (0: ONNX Runtime's choice).
 
     On the CPU alone, without the memory pattern: ONNX Runtime plans it in a session's first run and
     allocates it (fresh pages, faulted in) in the second, which made that batch twice as slow as the rest;
-    later batches run at the same speed without it (measured on the 2-core CI machine). With several lanes,
-    each run has one thread: the lanes are the parallelism.
+    later batches run at the same speed without it (measured on the 2-core CI machine).
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if not any(name in GPU_PROVIDERS for name in providers):
         options.enable_mem_pattern = False
-    if lanes > 1:
-        options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     return options
 
 
 class OnnxRuntimeBackend:
-    """An ONNX Runtime session on the fastest installed provider; I/O binding on CUDA. `lanes` is how many
-    calls it wants at once (cpu_lanes unless given); calls from several threads at once are safe."""
+    """An ONNX Runtime session on the fastest of `available` providers (default: every one installed); I/O
+    binding on CUDA. `lanes` is how many calls it wants at once (cpu_lanes unless given), from as many
+    threads; each call runs on `threads` threads (default: one where there are several lanes, else ONNX
+    Runtime's choice). ONNX Runtime allows concurrent runs of one session; lanes are only ever more than one
+    on the CPU."""
 
     name = "onnxruntime"
 
     def __init__(self, path: Path, batch_size: int, input_size: int, outputs: list[str], precision: str = "fp32",
-                 lanes: int | None = None):
+                 lanes: int | None = None, threads: int | None = None, available: list[str] | None = None):
         import onnxruntime as ort
 
-        chosen = provider_options(ort.get_available_providers(), path.parent / "trt-engines", batch_size, input_size)
+        chosen = provider_options(available or ort.get_available_providers(), path.parent / "trt-engines",
+                                  batch_size, input_size)
         names = [name for name, _ in chosen]
         self.lanes = cpu_lanes(names, precision) if lanes is None else lanes
+        threads = (1 if self.lanes > 1 else 0) if threads is None else threads
         try:
-            self.session = ort.InferenceSession(str(path), session_options(names, self.lanes), providers=names,
+            self.session = ort.InferenceSession(str(path), session_options(names, threads), providers=names,
                                                 provider_options=[options for _, options in chosen])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise GalbenchError(f"ONNX Runtime cannot load the model ({str(exc).splitlines()[0][:120]})",
@@ -236,7 +240,8 @@ _END = object()
 def in_order(work: Callable, items: Iterator, lanes: int) -> Iterator[tuple]:
     """(item, work(item)) for each item, in order, running `lanes` at once in threads (in the caller's thread
     for one lane). The next item is drawn only once a lane is free, so at most `lanes` items are ever drawn and
-    unfinished: the item after a yielded one has not started."""
+    unfinished. When work raises, the error comes out at that item's turn; items already running by then
+    (up to lanes - 1 after it) run to their end first, and nothing more is drawn."""
     if lanes <= 1:
         for item in items:
             yield item, work(item)
@@ -256,8 +261,8 @@ def in_order(work: Callable, items: Iterator, lanes: int) -> Iterator[tuple]:
             while running:
                 done, future = running.popleft()
                 yield done, future.result()
-        finally:
-            for _, future in running:  # an error, or the caller stopped: nothing more starts
+        finally:  # an error, or the caller stopped: nothing more is drawn, and what runs is waited for
+            for _, future in running:
                 future.cancel()
 
 
@@ -516,13 +521,14 @@ def _local_chunk(engine, source: _Source, start: int, stop: int, batch_size: int
 
 def _remote_classify(model_bytes: bytes, input_size: int, batch_size: int, outputs: list[str],
                      images: np.ndarray) -> dict[str, np.ndarray]:
-    """Body of a Ray task: ONNX Runtime on one shard of prepared images."""
+    """Body of a Ray task: ONNX Runtime on one shard of prepared images, one batch at a time on one thread (a
+    task holds one CPU; the cluster's parallelism is its tasks), whatever the model's precision."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="galbench-classify-") as work:
         path = Path(work) / "model.onnx"
         path.write_bytes(model_bytes)
-        engine = OnnxRuntimeBackend(path, batch_size, input_size, outputs)
+        engine = OnnxRuntimeBackend(path, batch_size, input_size, outputs, lanes=1, threads=1)
         parts = [engine(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
         return {name: np.concatenate([part[name] for part in parts]) for name in outputs}
 

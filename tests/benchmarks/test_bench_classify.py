@@ -50,11 +50,13 @@ def test_onnx_export(benchmark, sim_images, tmp_path, exported):
     record(benchmark, seconds=benchmark.stats.stats.median)
 
 
-def _bare_onnxruntime(model_path, images, precision="fp32", lanes=None):
+def _bare_onnxruntime(model_path, images, precision="fp32", lanes=None, cpu=False):
     """A bare pass over `images`: classify's own backend (its session options, and its lanes: batches run at
     once where the model is int8) on slices of an array in memory, with nothing read or written. `lanes`
-    overrides the number of batches at once (and with it, one thread per run where it is more than one)."""
-    backend = OnnxRuntimeBackend(model_path, BATCH, images.shape[-1], ["probabilities"], precision, lanes)
+    overrides the number of batches at once (and with it, one thread per run where it is more than one); `cpu`
+    keeps to the CPU provider where a GPU one is installed."""
+    backend = OnnxRuntimeBackend(model_path, BATCH, images.shape[-1], ["probabilities"], precision, lanes,
+                                 available=["CPUExecutionProvider"] if cpu else None)
     starts = range(0, len(images), BATCH)
 
     def run():
@@ -191,11 +193,11 @@ def test_int8_against_fp32_on_the_cpu(benchmark, trained_exports):
     within a minute) falls on all alike.
     """
     images = np.ascontiguousarray(trained_exports["images"])
-    fp32 = _bare_onnxruntime(trained_exports["fp32"], images)
+    fp32 = _bare_onnxruntime(trained_exports["fp32"], images, cpu=True)
     fp32_lanes = _bare_onnxruntime(trained_exports["fp32"], images, lanes=classify_module.cpu_lanes(
-        ["CPUExecutionProvider"], "int8"))
-    int8_one_batch = _bare_onnxruntime(trained_exports["int8"], images, "int8", lanes=1)
-    int8 = _bare_onnxruntime(trained_exports["int8"], images, "int8")
+        ["CPUExecutionProvider"], "int8"), cpu=True)
+    int8_one_batch = _bare_onnxruntime(trained_exports["int8"], images, "int8", lanes=1, cpu=True)
+    int8 = _bare_onnxruntime(trained_exports["int8"], images, "int8", cpu=True)
     others = {"fp32": fp32, "fp32_lanes": fp32_lanes, "int8_one_batch": int8_one_batch}
     for run in (*others.values(), int8):
         run()
