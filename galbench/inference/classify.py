@@ -67,8 +67,9 @@ def cpu_lanes(providers: list[str], precision: str) -> int:
     convolution splits each image of a batch across the session's threads and waits for them before the next
     image (qlinearconv.cc), over a thousand waits per batch; a batch at a time, the int8 pass time toggled
     between two levels 1.5x apart on the 2-core CI machine, and a batch per core held the fast one. fp32 was
-    at most 6% faster a batch per core there, within the machine's drift, so fp32 and every GPU session keep
-    one batch at a time, split among the session's own threads.
+    at most 10% faster a batch per core there at 64 px, and no faster at 112 px, while each lane holds its
+    own activations; so fp32 and every GPU session keep one batch at a time, split among the session's own
+    threads.
     """
     if precision != "int8" or any(name in GPU_PROVIDERS for name in providers):
         return 1
