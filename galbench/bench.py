@@ -387,7 +387,7 @@ def tta(run_dir: Path, out: Path, repeats: int = 3) -> dict:
 
             def forward(backend=backend):
                 return np.concatenate([outputs["probabilities"] for _, outputs in in_order(
-                    lambda first: backend(images[first:first + 256]), iter(range(0, len(images), 256)),
+                    lambda first: backend(images[first:first + 256]), range(0, len(images), 256),
                     backend.lanes)])
 
             probabilities = forward()

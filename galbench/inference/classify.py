@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,7 +238,7 @@ def _batches(source: _Source, start: int, stop: int, batch_size: int) -> Iterato
 _END = object()
 
 
-def in_order(work: Callable, items: Iterator, lanes: int) -> Iterator[tuple]:
+def in_order(work: Callable, items: Iterable, lanes: int) -> Iterator[tuple]:
     """(item, work(item)) for each item, in order, running `lanes` at once in threads (in the caller's thread
     for one lane). The next item is drawn only once a lane is free, so at most `lanes` items are ever drawn and
     unfinished. When work raises, the error comes out at that item's turn; items already running by then
