@@ -92,7 +92,7 @@ def fits_records(table: Table, header: fits.Header) -> np.ndarray | None:
     from astropy.io.fits.connect import _encode_mixins
 
     encoded = table
-    if not all(isinstance(column, Column) for column in table.itercols()):  # mixins: Quantity, SkyCoord, ...
+    if mixin_columns(table):  # Quantity, SkyCoord, ...: encoded as astropy's writer encodes them
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             encoded = _encode_mixins(table)
